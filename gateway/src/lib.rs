@@ -1,0 +1,3 @@
+//! The gateway library: config, listener, edge pipeline, routing, proxy and upstream client.
+
+pub mod demo;

@@ -1,0 +1,1 @@
+//! Owner of the end-to-end tests in tests/.
