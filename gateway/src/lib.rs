@@ -1,3 +1,4 @@
 //! The gateway library: config, listener, edge pipeline, routing, proxy and upstream client.
 
+pub mod config;
 pub mod demo;

@@ -1,0 +1,153 @@
+//! `routes.toml`: reading, `${VAR}` interpolation and validation into an immutable [`Config`].
+//!
+//! `raw` is the file as written (serde, spans kept, unknown keys rejected), `validate` turns it into
+//! the domain types of `model`, `diagnostics` renders every error as `file:line:column: message`.
+//! Startup, `gateway check` and hot reload all call [`load`].
+
+mod diagnostics;
+mod interpolate;
+mod model;
+mod raw;
+mod validate;
+
+use std::path::Path;
+
+pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, Location, Source};
+pub use interpolate::{Env, process_env};
+pub use model::{AuthMode, Config, PathMatch, RouteConfig, ServerConfig, ServiceConfig};
+pub use validate::parse_size;
+
+/// Reads and validates a config file.
+pub fn load(path: &Path, env: Env<'_>) -> Result<(Source, Config), ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::whole_file(&name, format!("cannot read the config file: {e}")))?;
+    let source = Source::new(name, text);
+    let config = parse(&source, env)?;
+    Ok((source, config))
+}
+
+/// Parses and validates config text. All errors are reported at once, except that a file TOML
+/// cannot parse (syntax, an unknown key, a wrong type) stops at its first such error.
+pub fn parse(source: &Source, env: Env<'_>) -> Result<Config, ConfigErrors> {
+    let mut diag = Diagnostics::new(source);
+    let raw: raw::RawConfig = match toml::from_str(&source.text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            diag.error(&span, e.message().trim_end().to_owned());
+            return diag.finish(Config::default());
+        }
+    };
+    let config = validate::validate(raw, env, &mut diag);
+    diag.finish(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+        parse(&Source::new("routes.toml", text), &no_env)
+    }
+
+    #[test]
+    fn a_full_config_parses_with_defaults_filled_in() {
+        let config = parse_str(
+            r#"
+[server]
+listen = "127.0.0.1:9000"
+max_body_size = "1MiB"
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
+
+[services.users]
+urls = ["${USERS_URL:-http://127.0.0.1:9101/base/}"]
+
+[[routes]]
+prefix = "/api/users/"
+methods = ["GET", "POST"]
+service = "users"
+strip_prefix = true
+auth = "none"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 9000);
+        assert_eq!(config.server.max_body_size, 1 << 20);
+        assert_eq!(config.server.request_timeout, ServerConfig::default().request_timeout);
+        assert_eq!(config.server.trusted_proxies.len(), 2);
+        let users = config.service("users").unwrap();
+        assert_eq!(users.urls[0].as_str(), "http://127.0.0.1:9101/base");
+        assert_eq!(users.timeout, ServiceConfig::DEFAULT_TIMEOUT);
+        let route = &config.routes[0];
+        assert_eq!(route.path, PathMatch::Prefix("/api/users".into()));
+        assert_eq!(route.methods.as_ref().unwrap().len(), 2);
+        assert!(route.strip_prefix);
+        assert_eq!(route.location.line, 10);
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_at_once_with_its_position() {
+        let errors = parse_str(
+            r#"[server]
+request_timeout = "soon"
+max_body_size = "lots"
+
+[services.users]
+urls = ["ftp://x", "not a url"]
+timeout = "0s"
+
+[[routes]]
+prefix = "/api"
+service = "nope"
+auth = "none"
+
+[[routes]]
+path = "/x"
+methods = ["get"]
+service = "users"
+auth = "maybe"
+
+[[routes]]
+prefix = "/y"
+service = "users"
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        let lines: Vec<&str> = errors.lines().collect();
+        let expect = [
+            "routes.toml:2:19: error: `request_timeout` = \"soon\" is not a duration",
+            "routes.toml:3:17: error: `max_body_size` = \"lots\" is not a size",
+            "routes.toml:6:9: error: \"ftp://x\" must use http:// or https://",
+            "routes.toml:6:20: error: \"not a url\" is not a URL",
+            "routes.toml:7:11: error: `timeout` must be longer than zero",
+            "routes.toml:11:11: error: unknown service \"nope\"",
+            "routes.toml:16:12: error: \"get\" is not an HTTP method",
+            "routes.toml:18:8: error: `auth` = \"maybe\"",
+            "routes.toml:20:1: error: this route needs authentication",
+        ];
+        assert_eq!(lines.len(), expect.len(), "{errors}");
+        for (line, want) in lines.iter().zip(expect) {
+            assert!(line.starts_with(want), "{line:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_point_at_the_place() {
+        let err = parse_str("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err().to_string();
+        assert!(err.starts_with("routes.toml:3:1: error: unknown field `lisen`"), "{err}");
+        let err = parse_str("[[routes]\n").unwrap_err().to_string();
+        assert!(err.starts_with("routes.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn missing_environment_variables_are_errors() {
+        let err = parse_str("[services.a]\nurls = [\"${A_URL}\"]\n").unwrap_err().to_string();
+        assert!(err.contains("routes.toml:2:9: error: environment variable A_URL is not set"), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! The validated config: domain types only (durations, socket addresses, parsed URLs, methods).
+//! Built by `validate`, immutable afterwards, and the input of `Snapshot::build`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Method;
+use ipnet::IpNet;
+use reqwest::Url;
+
+use super::Location;
+
+/// The whole validated `routes.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// Services by name, in name order.
+    pub services: Vec<ServiceConfig>,
+    /// Routes in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// `[server]`: the listener and limits that apply to every request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Tokio worker threads; 0 means one per available core.
+    pub worker_threads: usize,
+    /// The whole request, all upstream attempts included, until response headers.
+    pub request_timeout: Duration,
+    /// A client must send its complete request head within this time.
+    pub header_read_timeout: Duration,
+    /// On SIGINT/SIGTERM, in-flight requests get this long to finish.
+    pub shutdown_timeout: Duration,
+    pub max_body_size: u64,
+    /// Open client connections at most; further accepts wait. 0 = unlimited.
+    pub max_connections: usize,
+    /// Peers whose X-Forwarded-* headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            worker_threads: 0,
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            max_body_size: 10 * 1024 * 1024,
+            max_connections: 10_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[services.NAME]`: an upstream service and its instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Instance base URLs (scheme, host, port and an optional base path; no trailing slash).
+    pub urls: Vec<Url>,
+    pub connect_timeout: Duration,
+    /// Per attempt, until the response headers; also the longest pause between body chunks.
+    pub timeout: Duration,
+    pub location: Location,
+}
+
+impl ServiceConfig {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// `/api/users` matches `/api/users` and `/api/users/...` (never `/api/usersx`).
+    Prefix(String),
+    /// A matchit pattern with `{param}` and a trailing `{*rest}`.
+    Pattern(String),
+}
+
+impl PathMatch {
+    /// The route's pattern as written, used in logs and (later) metric labels.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathMatch::Prefix(p) | PathMatch::Pattern(p) => p,
+        }
+    }
+}
+
+/// Whether a route needs an authenticated caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Optional,
+    None,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub path: PathMatch,
+    /// `None` means every method.
+    pub methods: Option<Vec<Method>>,
+    pub service: String,
+    pub strip_prefix: bool,
+    pub auth: AuthMode,
+    pub location: Location,
+}

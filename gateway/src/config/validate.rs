@@ -1,0 +1,373 @@
+//! Raw config → validated [`Config`]. Every check reports through [`Diagnostics`] and carries on,
+//! so one run lists every problem in the file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::time::Duration;
+
+use http::Method;
+use ipnet::IpNet;
+use reqwest::Url;
+use serde_spanned::Spanned;
+
+use super::diagnostics::Diagnostics;
+use super::interpolate::{Env, interpolate};
+use super::model::{AuthMode, Config, PathMatch, RouteConfig, ServerConfig, ServiceConfig};
+use super::raw::{RawConfig, RawRoute, RawServer, RawService, Str};
+
+/// Checks a parsed file and builds the domain config. Errors are left in `diag`.
+pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Config {
+    let mut v = Validator { env, diag };
+    let server = match raw.server {
+        Some(server) => v.server(server.into_inner()),
+        None => ServerConfig::default(),
+    };
+    let services: Vec<ServiceConfig> =
+        raw.services.into_iter().filter_map(|(name, svc)| v.service(name, svc)).collect();
+    let service_names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let routes = raw.routes.into_iter().filter_map(|r| v.route(r, &service_names)).collect();
+    Config { server, services, routes }
+}
+
+struct Validator<'a, 'd, 's> {
+    env: Env<'a>,
+    diag: &'d mut Diagnostics<'s>,
+}
+
+impl Validator<'_, '_, '_> {
+    /// A string value after `${VAR}` expansion.
+    fn string(&mut self, value: &Str) -> Option<String> {
+        match interpolate(value.get_ref(), self.env) {
+            Ok(s) => Some(s),
+            Err(msg) => {
+                self.diag.error(&value.span(), msg);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &Option<Str>, key: &str, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        let Some(text) = self.string(value) else { return default };
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.diag.error(&value.span(), format!("`{key}` must be longer than zero"));
+                default
+            }
+            Err(_) => {
+                self.diag.error(
+                    &value.span(),
+                    format!("`{key}` = \"{text}\" is not a duration: write it like \"250ms\", \"5s\" or \"1m\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, value: &Option<Spanned<i64>>, key: &str, max: i64, default: usize) -> usize {
+        let Some(value) = value else { return default };
+        match usize::try_from(*value.get_ref()) {
+            Ok(n) if *value.get_ref() <= max => n,
+            _ => {
+                self.diag.error(&value.span(), format!("`{key}` must be between 0 and {max}"));
+                default
+            }
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerConfig {
+        let d = ServerConfig::default();
+        let listen = match &raw.listen {
+            Some(value) => self.string(value).and_then(|text| match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.diag.error(
+                        &value.span(),
+                        format!("`listen` = \"{text}\" is not an address: write IP:PORT, like \"127.0.0.1:8080\""),
+                    );
+                    None
+                }
+            }),
+            None => None,
+        };
+        let max_body_size = match &raw.max_body_size {
+            Some(value) => self.string(value).and_then(|text| match parse_size(&text) {
+                Some(n) => Some(n),
+                None => {
+                    self.diag.error(
+                        &value.span(),
+                        format!(
+                            "`max_body_size` = \"{text}\" is not a size: write it like \"10MiB\", \"512KiB\" or \"1000000\""
+                        ),
+                    );
+                    None
+                }
+            }),
+            None => None,
+        };
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .filter_map(|value| {
+                let text = self.string(value)?;
+                let parsed = text
+                    .parse::<IpNet>()
+                    .ok()
+                    .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
+                if parsed.is_none() {
+                    self.diag.error(
+                        &value.span(),
+                        format!("`trusted_proxies` entry \"{text}\" is not a CIDR: write it like \"10.0.0.0/8\" or \"127.0.0.1\""),
+                    );
+                }
+                parsed
+            })
+            .collect();
+        ServerConfig {
+            listen: listen.unwrap_or(d.listen),
+            worker_threads: self.count(&raw.worker_threads, "worker_threads", 1024, d.worker_threads),
+            request_timeout: self.duration(&raw.request_timeout, "request_timeout", d.request_timeout),
+            header_read_timeout: self.duration(
+                &raw.header_read_timeout,
+                "header_read_timeout",
+                d.header_read_timeout,
+            ),
+            shutdown_timeout: self.duration(&raw.shutdown_timeout, "shutdown_timeout", d.shutdown_timeout),
+            max_body_size: max_body_size.unwrap_or(d.max_body_size),
+            max_connections: self.count(&raw.max_connections, "max_connections", 1_000_000, d.max_connections),
+            trusted_proxies,
+        }
+    }
+
+    fn service(&mut self, name: Str, raw: Spanned<RawService>) -> Option<ServiceConfig> {
+        let location = self.diag.source().location(&name.span());
+        let name_ok = is_name(name.get_ref());
+        if !name_ok {
+            self.diag.error(
+                &name.span(),
+                format!(
+                    "service name \"{}\" may only use letters, digits, `-` and `_`",
+                    name.get_ref()
+                ),
+            );
+        }
+        let raw = raw.into_inner();
+        if raw.urls.get_ref().is_empty() {
+            self.diag.error(&raw.urls.span(), "`urls` is empty: give at least one instance, like [\"http://127.0.0.1:9101\"]");
+        }
+        let urls: Vec<Url> = raw.urls.get_ref().iter().filter_map(|u| self.service_url(u)).collect();
+        let connect_timeout =
+            self.duration(&raw.connect_timeout, "connect_timeout", ServiceConfig::DEFAULT_CONNECT_TIMEOUT);
+        let timeout = self.duration(&raw.timeout, "timeout", ServiceConfig::DEFAULT_TIMEOUT);
+        name_ok.then(|| ServiceConfig { name: name.into_inner(), urls, connect_timeout, timeout, location })
+    }
+
+    fn service_url(&mut self, value: &Str) -> Option<Url> {
+        let text = self.string(value)?;
+        let problem = match Url::parse(&text) {
+            Err(e) => format!("\"{text}\" is not a URL ({e}): write it like \"http://127.0.0.1:9101\""),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                format!("\"{text}\" must use http:// or https://")
+            }
+            Ok(url) if url.host().is_none() => format!("\"{text}\" has no host"),
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                format!("\"{text}\" must not have a query or fragment: routes forward the client's query")
+            }
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                format!("\"{text}\" must not carry credentials: send them as headers instead")
+            }
+            Ok(mut url) => {
+                let trimmed = url.path().trim_end_matches('/').to_owned();
+                url.set_path(&trimmed);
+                return Some(url);
+            }
+        };
+        self.diag.error(&value.span(), problem);
+        None
+    }
+
+    fn route(&mut self, raw: Spanned<RawRoute>, services: &[&str]) -> Option<RouteConfig> {
+        let span = raw.span();
+        let location = self.diag.source().location(&span);
+        let raw = raw.into_inner();
+        let path = self.route_path(&raw, &span);
+        let methods = raw.methods.as_ref().map(|m| self.methods(m));
+        let service = self.string(&raw.service);
+        if let Some(name) = &service
+            && !services.contains(&name.as_str())
+        {
+            let known = if services.is_empty() {
+                "no services are defined".to_owned()
+            } else {
+                format!("defined services: {}", services.join(", "))
+            };
+            self.diag.error(
+                &raw.service.span(),
+                format!("unknown service \"{name}\": add a [services.{name}] table or fix the name ({known})"),
+            );
+        }
+        let strip_prefix = raw.strip_prefix.as_ref().is_some_and(|s| *s.get_ref());
+        if let (Some(strip), Some(PathMatch::Pattern(_))) = (&raw.strip_prefix, &path)
+            && *strip.get_ref()
+        {
+            self.diag.error(&strip.span(), "`strip_prefix` only applies to `prefix` routes; remove it from this `path` route");
+        }
+        let auth = self.auth(&raw.auth, &span);
+        Some(RouteConfig { path: path?, methods: methods.flatten(), service: service?, strip_prefix, auth: auth?, location })
+    }
+
+    fn route_path(&mut self, raw: &RawRoute, route_span: &Range<usize>) -> Option<PathMatch> {
+        match (&raw.prefix, &raw.path) {
+            (Some(_), Some(path)) => {
+                self.diag.error(&path.span(), "a route has either `prefix` or `path`, not both");
+                None
+            }
+            (None, None) => {
+                self.diag.error(route_span, "this route has neither `prefix` nor `path`: add one, like prefix = \"/api/users\"");
+                None
+            }
+            (Some(value), None) => {
+                let text = self.string(value)?;
+                match check_prefix(&text) {
+                    Ok(prefix) => Some(PathMatch::Prefix(prefix)),
+                    Err(msg) => {
+                        self.diag.error(&value.span(), format!("`prefix` = \"{text}\" {msg}"));
+                        None
+                    }
+                }
+            }
+            (None, Some(value)) => {
+                let text = self.string(value)?;
+                if !text.starts_with('/') || text.contains(['?', '#']) {
+                    self.diag.error(
+                        &value.span(),
+                        format!("`path` = \"{text}\" must start with `/` and hold no `?` or `#`"),
+                    );
+                    return None;
+                }
+                Some(PathMatch::Pattern(text))
+            }
+        }
+    }
+
+    fn methods(&mut self, value: &Spanned<Vec<Str>>) -> Option<Vec<Method>> {
+        if value.get_ref().is_empty() {
+            self.diag.error(&value.span(), "`methods` is empty: list methods like [\"GET\"], or remove the key to allow all");
+            return None;
+        }
+        let mut methods = Vec::new();
+        for m in value.get_ref() {
+            let Some(text) = self.string(m) else { continue };
+            let is_token = !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+            match Method::from_bytes(text.as_bytes()) {
+                Ok(method) if is_token => {
+                    if !methods.contains(&method) {
+                        methods.push(method);
+                    }
+                }
+                _ => self.diag.error(&m.span(), format!("\"{text}\" is not an HTTP method: use upper case, like \"GET\"")),
+            }
+        }
+        Some(methods)
+    }
+
+    /// `auth` defaults to "required"; until an issue adds providers, required auth cannot be
+    /// satisfied, so it is an error rather than a route that silently lets everyone in.
+    fn auth(&mut self, value: &Option<Str>, route_span: &Range<usize>) -> Option<AuthMode> {
+        let Some(value) = value else {
+            self.auth_unavailable(route_span, "this route needs authentication (`auth` defaults to \"required\")");
+            return None;
+        };
+        let text = self.string(value)?;
+        match text.as_str() {
+            "required" => {
+                self.auth_unavailable(&value.span(), "`auth = \"required\"`");
+                None
+            }
+            "optional" => Some(AuthMode::Optional),
+            "none" => Some(AuthMode::None),
+            _ => {
+                self.diag.error(&value.span(), format!("`auth` = \"{text}\": use \"required\", \"optional\" or \"none\""));
+                None
+            }
+        }
+    }
+
+    fn auth_unavailable(&mut self, span: &Range<usize>, what: &str) {
+        self.diag.error(
+            span,
+            format!("{what} needs an authentication provider ([auth.jwt] or [[auth.api_keys]]) and none is configured: \
+             configure one, or set auth = \"none\" on routes that are public"),
+        );
+    }
+}
+
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A prefix without a trailing slash (except the root), or why it is not a usable prefix.
+fn check_prefix(text: &str) -> Result<String, &'static str> {
+    if !text.starts_with('/') {
+        return Err("must start with `/`");
+    }
+    if text.contains(['{', '}', '?', '#', '%', '\\']) {
+        return Err("must be a literal path without `{`, `}`, `?`, `#`, `%` or `\\`: use `path` for patterns");
+    }
+    let trimmed = if text == "/" { "/" } else { text.trim_end_matches('/') };
+    if trimmed.is_empty() || trimmed[1..].split('/').any(|s| s.is_empty() || s == "." || s == "..") && trimmed != "/" {
+        return Err("must be a normalized path (no `//`, `.` or `..` segments)");
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Parses "10MiB", "512 KB", "1GiB" or a plain byte count.
+///
+/// Hand-written because it is a dozen lines and the error must name the config key and span;
+/// binary (KiB) and decimal (KB) units both mean what they say.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MiB"), Some(10 << 20));
+        assert_eq!(parse_size("512 KiB"), Some(512 << 10));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("2KB"), Some(2000));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("10 parsecs"), None);
+        assert_eq!(parse_size("99999999999999GiB"), None);
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(check_prefix("/api/users/").unwrap(), "/api/users");
+        assert_eq!(check_prefix("/").unwrap(), "/");
+        assert!(check_prefix("api").is_err());
+        assert!(check_prefix("/a//b").is_err());
+        assert!(check_prefix("/a/../b").is_err());
+        assert!(check_prefix("/a/{id}").is_err());
+    }
+}
