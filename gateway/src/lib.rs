@@ -1,4 +1,21 @@
-//! The gateway library: config, listener, edge pipeline, routing, proxy and upstream client.
+//! The gateway library. Folders follow the request path:
+//! `server` (listener) → `edge` (the per-request pipeline) → `routing` (route table) →
+//! `proxy` (REST handler) → `upstream` (the one client layer to backends).
+//! `config` reads `routes.toml`, `snapshot` turns a config into what requests run on, `error` is
+//! the one place errors become responses, `cli` is the `gateway` command and `demo` its demo.
 
+pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod edge;
+pub mod error;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+pub use edge::Gateway;
+pub use error::GatewayError;
+pub use server::RunningServer;
+pub use snapshot::Snapshot;

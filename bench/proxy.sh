@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# Reverse-proxy benchmark: direct backend vs gateway vs nginx proxy_pass.
+#
+#   bench/proxy.sh                        # full run (builds the gateway if missing)
+#   ROUNDS=3 DURATION=5s bench/proxy.sh   # shorter run
+#   BENCH_SKIP_GATEWAY=1 bench/proxy.sh   # only direct and nginx (no gateway needed)
+#   BENCH_INSTALL=1 bench/proxy.sh        # apt-get install nginx/wrk if missing
+#
+# Environment:
+#   GATEWAY_BIN         gateway binary, relative to the repo root (default target/release/gateway)
+#   ROUNDS              interleaved rounds (default 5)
+#   DURATION            wrk duration per measured run (default 10s)
+#   WARMUP              wrk duration of the per-target warm-up (default 2s)
+#   CONNS               wrk connections (default 50)
+#   LOAD_CPU            CPU for wrk and the backend (default 0)
+#   PROXY_CPU           CPU for the proxy under test (default 1)
+#   BENCH_SKIP_GATEWAY  1 = skip the gateway (direct and nginx only)
+#   BENCH_INSTALL       1 = apt-get install nginx and wrk when missing
+#   BENCH_KEEP_TMP      1 = keep the temp dir (configs, logs, raw wrk output)
+#
+# See bench/README.md for how to read the output.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-50}
+LOAD_CPU=${LOAD_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
+SKIP_GW=${BENCH_SKIP_GATEWAY:-0}
+DEFAULT_GATEWAY_BIN=target/release/gateway
+GATEWAY_BIN=${GATEWAY_BIN:-$DEFAULT_GATEWAY_BIN}
+BODY_BYTES=1024
+
+die() { echo "proxy.sh: error: $*" >&2; exit 1; }
+log() { echo "# $*"; }
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO_ROOT=$(pwd)
+
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer (got '$CONNS')"
+
+# ---------------------------------------------------------------- tools
+missing=()
+for tool in nginx wrk; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    if [[ ${BENCH_INSTALL:-0} == 1 ]]; then
+        log "installing: ${missing[*]}"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y nginx wrk
+    else
+        echo "proxy.sh: missing: ${missing[*]}" >&2
+        echo "install with:  apt-get install -y nginx wrk   (or rerun with BENCH_INSTALL=1)" >&2
+        exit 1
+    fi
+fi
+for tool in curl python3 taskset; do
+    command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not found"
+done
+taskset -c "$LOAD_CPU" true 2>/dev/null || die "cannot pin to CPU $LOAD_CPU (LOAD_CPU)"
+taskset -c "$PROXY_CPU" true 2>/dev/null || die "cannot pin to CPU $PROXY_CPU (PROXY_CPU); needs >= 2 CPUs"
+[[ $LOAD_CPU != "$PROXY_CPU" ]] || die "LOAD_CPU and PROXY_CPU must differ"
+
+# ---------------------------------------------------------------- gateway binary
+if [[ $SKIP_GW != 1 ]]; then
+    if [[ ! -x $GATEWAY_BIN ]]; then
+        if [[ $GATEWAY_BIN == "$DEFAULT_GATEWAY_BIN" ]]; then
+            log "$GATEWAY_BIN not found; building it: cargo build --release -p gateway"
+            cargo build --release -p gateway
+            [[ -x $GATEWAY_BIN ]] || die "build finished but $GATEWAY_BIN is still missing"
+        else
+            die "GATEWAY_BIN=$GATEWAY_BIN not found (relative to $REPO_ROOT)"
+        fi
+    fi
+    GATEWAY_BIN=$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")
+fi
+
+# Keep this script, the RSS sampler and curl off the proxy's CPU; the
+# processes under test are pinned explicitly below.
+taskset -pc "$LOAD_CPU" $$ >/dev/null
+ulimit -n 65536 2>/dev/null || true
+
+# ---------------------------------------------------------------- temp dir, cleanup
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-proxy.XXXXXX")
+PIDS=()
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            pkill -KILL -P "$pid" 2>/dev/null || true   # e.g. nginx workers
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${BENCH_KEEP_TMP:-0} == 1 ]]; then
+        echo "# temp dir kept: $tmp" >&2
+    else
+        rm -rf "$tmp"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- ports
+read -r BACKEND_PORT NGINX_PORT GW_PORT < <(python3 - <<'EOF'
+import socket
+socks = []
+for _ in range(3):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+)
+
+# ---------------------------------------------------------------- configs
+BODY=$(printf '%*s' "$BODY_BYTES" '' | tr ' ' 'x')
+USER_LINE=""
+[[ $EUID == 0 ]] && USER_LINE="user root;"
+
+# nginx_conf NAME SERVER_BLOCK_BODY [HTTP_EXTRA]
+nginx_conf() {
+    local name=$1 body=$2 extra=${3:-}
+    mkdir -p "$tmp/$name"
+    cat >"$tmp/$name.conf" <<EOF
+$USER_LINE
+worker_processes 1;
+pid $tmp/$name.pid;
+error_log $tmp/$name.error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    keepalive_requests 1000000;
+    client_body_temp_path $tmp/$name/client_body;
+    proxy_temp_path $tmp/$name/proxy;
+    fastcgi_temp_path $tmp/$name/fastcgi;
+    uwsgi_temp_path $tmp/$name/uwsgi;
+    scgi_temp_path $tmp/$name/scgi;
+$extra
+    server {
+$body
+    }
+}
+EOF
+}
+
+nginx_conf backend "        listen 127.0.0.1:$BACKEND_PORT;
+        location / { return 200 \"$BODY\"; }"
+
+nginx_conf proxy "        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }" \
+"    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }"
+
+cat >"$tmp/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GW_PORT"
+worker_threads = 1
+
+[services.bench]
+urls = ["http://127.0.0.1:$BACKEND_PORT"]
+
+[[routes]]
+prefix = "/"
+service = "bench"
+auth = "none"
+EOF
+
+# ---------------------------------------------------------------- start + readiness
+# wait_ready NAME PORT PID LOGFILE
+wait_ready() {
+    local name=$1 port=$2 pid=$3 logf=$4 out="" deadline=$((SECONDS + 10))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "proxy.sh: $name exited during startup; last lines of its log:" >&2
+            tail -n 50 "$logf" >&2 || true
+            exit 1
+        fi
+        out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 1 \
+            "http://127.0.0.1:$port/" 2>/dev/null || true)
+        if [[ $out == "200 "* ]]; then
+            [[ $out == "200 $BODY_BYTES" ]] ||
+                die "$name on port $port answered 200 but with ${out#200 } body bytes (expected $BODY_BYTES)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "proxy.sh: $name not ready on 127.0.0.1:$port after 10 s (last curl: '${out:-none}'); last lines of its log:" >&2
+    tail -n 50 "$logf" >&2 || true
+    exit 1
+}
+
+start_nginx() { # NAME CPU PORT
+    local name=$1 cpu=$2 port=$3
+    taskset -c "$cpu" nginx -p "$tmp/" -e "$tmp/$name.error.log" -c "$tmp/$name.conf" \
+        -g 'daemon off;' >"$tmp/$name.stdout.log" 2>&1 &
+    PIDS+=($!)
+    wait_ready "nginx $name" "$port" "$!" "$tmp/$name.error.log"
+}
+
+start_nginx backend "$LOAD_CPU" "$BACKEND_PORT"
+start_nginx proxy "$PROXY_CPU" "$NGINX_PORT"
+
+TARGETS=(direct)
+declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GW_PORT)
+GW_PID=""
+if [[ $SKIP_GW != 1 ]]; then
+    taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway.toml" \
+        >"$tmp/gateway.log" 2>&1 &
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    wait_ready gateway "$GW_PORT" "$GW_PID" "$tmp/gateway.log"
+    TARGETS+=(gateway)
+fi
+TARGETS+=(nginx)
+
+# ---------------------------------------------------------------- RSS
+rss_kib() { # PID -> VmRSS in KiB (0 if unavailable)
+    local k v _
+    while read -r k v _; do
+        [[ $k == VmRSS: ]] && { echo "$v"; return; }
+    done 2>/dev/null <"/proc/$1/status" || true
+    echo 0
+}
+kib_to_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+RSS_MAX_FILE=$tmp/rss_max
+echo 0 >"$RSS_MAX_FILE"
+rss_sampler() { # runs in background while the gateway is under load
+    local max v
+    max=$(<"$RSS_MAX_FILE")
+    while :; do
+        v=$(rss_kib "$GW_PID")
+        ((v > max)) && { max=$v; echo "$max" >"$RSS_MAX_FILE"; }
+        sleep 0.5
+    done
+}
+
+GW_RSS_IDLE=0
+if [[ -n $GW_PID ]]; then
+    sleep 1   # let it settle after the readiness probe; no load has been applied yet
+    GW_RSS_IDLE=$(rss_kib "$GW_PID")
+fi
+
+# ---------------------------------------------------------------- load
+to_ms() { # "1.23ms" / "850.00us" / "1.02s" / "1.5m" -> ms
+    awk -v x="$1" 'BEGIN {
+        if (match(x, /^[0-9.]+/)) { n = substr(x, 1, RLENGTH); u = substr(x, RLENGTH + 1) } else exit 1
+        if (u == "us") f = 0.001; else if (u == "ms") f = 1; else if (u == "s") f = 1000;
+        else if (u == "m") f = 60000; else if (u == "h") f = 3600000; else exit 1
+        printf "%.3f", n * f }'
+}
+
+# run_wrk TARGET DURATION OUTFILE ; sets WRK_RPS, WRK_P99_MS, WRK_ERRORS
+# (no subshell, so a failure here really aborts the script)
+run_wrk() {
+    local target=$1 dur=$2 out=$3 sampler="" p99
+    if [[ $target == gateway ]]; then rss_sampler & sampler=$!; fi
+    if ! taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency \
+        "http://127.0.0.1:${PORT_OF[$target]}/" >"$out" 2>&1; then
+        cat "$out" >&2
+        die "wrk against $target failed"
+    fi
+    if [[ -n $sampler ]]; then
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+    fi
+    WRK_RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p99=$(awk '$1 == "99%" { print $2 }' "$out")
+    [[ -n $WRK_RPS && -n $p99 ]] || { cat "$out" >&2; die "could not parse wrk output for $target"; }
+    WRK_P99_MS=$(to_ms "$p99") || die "unknown latency unit in '$p99'"
+    WRK_ERRORS=$(awk '/Non-2xx or 3xx responses:/ { n += $NF }
+                      /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
+                      END { print n + 0 }' "$out")
+}
+
+echo "# proxy benchmark: $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
+echo "# cpus: wrk+backend on $LOAD_CPU, proxy under test on $PROXY_CPU ($(getconf _NPROCESSORS_ONLN) online)"
+echo "# wrk -t1 -c$CONNS -d$DURATION, warm-up $WARMUP, rounds $ROUNDS, body $BODY_BYTES B"
+echo "# ports: backend $BACKEND_PORT, nginx $NGINX_PORT$([[ -n $GW_PID ]] && echo ", gateway $GW_PORT")"
+[[ -n $GW_PID ]] || echo "# gateway skipped (BENCH_SKIP_GATEWAY=1)"
+
+for t in "${TARGETS[@]}"; do
+    log "warm-up $t ($WARMUP)"
+    run_wrk "$t" "$WARMUP" "$tmp/warmup-$t.txt"
+done
+
+RESULTS=$tmp/results.tsv
+: >"$RESULTS"
+echo
+printf '%-6s %-8s %12s %10s %7s\n' round target "req/s" "p99 ms" errors
+for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${TARGETS[@]}"; do
+        run_wrk "$t" "$DURATION" "$tmp/round$r-$t.txt"
+        printf '%-6s %-8s %12.0f %10.3f %7s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" >>"$RESULTS"
+    done
+done
+
+GW_RSS_LOAD=$(<"$RSS_MAX_FILE")
+GW_RSS_AFTER=0
+[[ -n $GW_PID ]] && GW_RSS_AFTER=$(rss_kib "$GW_PID")
+
+# ---------------------------------------------------------------- summary
+echo
+python3 - "$RESULTS" "${TARGETS[*]}" "$GW_RSS_IDLE" "$GW_RSS_LOAD" "$GW_RSS_AFTER" <<'EOF'
+import statistics, sys
+
+path, targets, rss_idle, rss_load, rss_after = sys.argv[1:6]
+targets = targets.split()
+rows = [line.rstrip("\n").split("\t") for line in open(path) if line.strip()]
+med, errors = {}, {}
+for t in targets:
+    rs = [r for r in rows if r[1] == t]
+    med[t] = (statistics.median(float(r[2]) for r in rs),
+              statistics.median(float(r[3]) for r in rs))
+    errors[t] = sum(int(r[4]) for r in rs)
+
+def verdict(ok):
+    return "PASS" if ok else "FAIL"
+
+print("medians")
+print(f"{'target':<8} {'req/s':>12} {'p99 ms':>10} {'errors':>7}")
+for t in targets:
+    print(f"{t:<8} {med[t][0]:>12.0f} {med[t][1]:>10.3f} {errors[t]:>7}")
+print()
+
+nginx_added = med["nginx"][1] - med["direct"][1]
+if "gateway" in med:
+    gw, ng = med["gateway"], med["nginx"]
+    rps_ratio = gw[0] / ng[0] if ng[0] else float("nan")
+    p99_ratio = gw[1] / ng[1] if ng[1] else float("nan")
+    gw_added = gw[1] - med["direct"][1]
+    idle = int(rss_idle) / 1024
+    load = int(rss_load) / 1024
+    print(f"ratio gateway/nginx req/s: {rps_ratio:.2f} (target >= 1.00)  {verdict(rps_ratio >= 1.0)}")
+    print(f"ratio gateway/nginx p99: {p99_ratio:.2f}")
+    print(f"p99 added over direct: gateway {gw_added:.2f} ms, nginx {nginx_added:.2f} ms "
+          f"(target <= 1 ms)  {verdict(gw_added <= 1.0)}")
+    print(f"gateway RSS idle: {idle:.1f} MiB (target <= 20), under load: {load:.1f} MiB "
+          f"(target <= 50)  {verdict(idle <= 20 and load <= 50)}")
+    print(f"gateway RSS after load: {int(rss_after) / 1024:.1f} MiB")
+else:
+    print(f"p99 added over direct: nginx {nginx_added:.2f} ms")
+    print("gateway: skipped (BENCH_SKIP_GATEWAY=1)")
+if any(errors.values()):
+    print("WARNING: some runs had non-2xx responses or socket errors; see the errors column")
+EOF

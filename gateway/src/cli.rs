@@ -1,0 +1,175 @@
+//! The `gateway` command: `run`, `check` and `demo`, as SPEC.md fixes them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::config::{ConfigErrors, process_env};
+use crate::demo::backends::{self, DemoService};
+use crate::edge::Gateway;
+use crate::server::{serve, shutdown_signal};
+use crate::snapshot::Snapshot;
+
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about = "API gateway and backend-for-frontend")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the config until SIGINT/SIGTERM, then drain in-flight requests.
+    Run {
+        /// The config file.
+        #[arg(long, default_value = "routes.toml")]
+        config: PathBuf,
+        /// Listen here instead of `[server] listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate the config without serving; exit 1 and list every error when it is invalid.
+    Check {
+        #[arg(long, default_value = "routes.toml")]
+        config: PathBuf,
+    },
+    /// Start the demo backends on loopback and the gateway in front of them.
+    Demo {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// The demo's config; its service URLs are filled in from USERS_URL, ORDERS_URL, CATALOG_URL.
+        #[arg(long, default_value = "routes.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Runs the parsed command line; the binary's `main` is just this.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, listen } => match Snapshot::load(&config, &process_env) {
+            Ok(snapshot) => {
+                let workers = snapshot.config.server.worker_threads;
+                run_runtime(workers, |rt| rt.block_on(run(snapshot_with_listen(snapshot, listen))))
+            }
+            Err(errors) => report(&errors),
+        },
+        Command::Demo { listen, config } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+            };
+            runtime.block_on(demo(&config, listen))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Snapshot::load(path, &process_env) {
+        Ok(snapshot) => {
+            println!(
+                "{}: OK ({} services, {} routes)",
+                path.display(),
+                snapshot.config.services.len(),
+                snapshot.config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => report(&errors),
+    }
+}
+
+fn report(errors: &ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    let n = errors.0.len();
+    eprintln!("{n} error{} found; nothing was started", if n == 1 { "" } else { "s" });
+    ExitCode::FAILURE
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn snapshot_with_listen(mut snapshot: Snapshot, listen: Option<SocketAddr>) -> Snapshot {
+    if let Some(addr) = listen {
+        snapshot.config.server.listen = addr;
+    }
+    snapshot
+}
+
+/// Builds the runtime `[server] worker_threads` asks for.
+fn run_runtime(worker_threads: usize, f: impl FnOnce(tokio::runtime::Runtime) -> ExitCode) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    match builder.build() {
+        Ok(rt) => f(rt),
+        Err(e) => fail(&format!("cannot start the runtime: {e}")),
+    }
+}
+
+async fn run(snapshot: Snapshot) -> ExitCode {
+    let addr = snapshot.config.server.listen;
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("cannot listen on {addr}: {e}")),
+    };
+    let addr = listener.local_addr().unwrap_or(addr);
+    tracing::info!(%addr, "gateway listening on http://{addr}");
+    match serve(listener, Gateway::new(snapshot), shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("server failed: {e}")),
+    }
+}
+
+async fn demo(config: &Path, listen: Option<SocketAddr>) -> ExitCode {
+    let running = match backends::spawn_all().await {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("cannot start the demo backends: {e}")),
+    };
+    let urls: HashMap<String, String> = running
+        .iter()
+        .map(|b| (format!("{}_URL", b.service.name().to_uppercase()), b.url()))
+        .collect();
+    let env = |name: &str| urls.get(name).cloned().or_else(|| process_env(name));
+    let snapshot = match Snapshot::load(config, &env) {
+        Ok(s) => snapshot_with_listen(s, listen),
+        Err(errors) => return report(&errors),
+    };
+    let addr = snapshot.config.server.listen;
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("cannot listen on {addr}: {e} (pick another address with --listen)")),
+    };
+    let gw = format!("http://{}", listener.local_addr().unwrap_or(addr));
+    println!("gateway demo running on {gw}\n");
+    for b in &running {
+        println!("  demo backend {:<8} {}", b.service.name(), b.url());
+    }
+    println!(
+        "\nTry:\n  curl {gw}/api/users\n  curl {gw}/api/users/u1\n  curl '{gw}/api/orders?userId=u1'\n  \
+         curl '{gw}/api/products?ids=p1,p2'\n  curl '{gw}/api/users/u1?delay_ms=300'      # slow backend\n  \
+         curl -i '{gw}/api/orders?fail=503'          # failing backend, passed through\n  \
+         curl -i '{gw}/api/slow?delay_ms=2000'       # route with a 1s timeout: 504\n  \
+         curl -i {gw}/nope                            # 404 in the gateway's error format\n\nCtrl-C to stop."
+    );
+    debug_assert!(DemoService::ALL.len() == running.len());
+    match serve(listener, Gateway::new(snapshot), shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("server failed: {e}")),
+    }
+}

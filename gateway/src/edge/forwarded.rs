@@ -1,0 +1,145 @@
+//! Who the client is, and the `X-Forwarded-*` headers upstreams see.
+//!
+//! A client's own `X-Forwarded-For`/`-Proto`/`-Host` (and `Forwarded`, `X-Real-IP`) are believed
+//! only when the TCP peer is in `trusted_proxies`; from anyone else they are replaced, so a client
+//! cannot pick the IP that rate limits and logs attribute its requests to.
+
+use std::net::IpAddr;
+
+use http::header::{FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Uri;
+use ipnet::IpNet;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The client as the gateway sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// The originating client: the peer, or through trusted proxies the first untrusted hop of
+    /// `X-Forwarded-For` read from the right.
+    pub ip: IpAddr,
+    pub peer_trusted: bool,
+}
+
+impl ClientAddr {
+    pub fn new(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Self {
+        let peer = canonical(peer);
+        let peer_trusted = is_trusted(peer, trusted);
+        let mut ip = peer;
+        if peer_trusted {
+            // Right to left: each hop appended the address it saw; the first hop we don't trust
+            // is as far as the chain can be believed.
+            for hop in forwarded_for(headers).rev() {
+                let Ok(hop) = hop.parse::<IpAddr>().map(canonical) else { break };
+                ip = hop;
+                if !is_trusted(hop, trusted) {
+                    break;
+                }
+            }
+        }
+        Self { peer, ip, peer_trusted }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
+    headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` on a request about to go upstream.
+pub fn set_forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: &Uri) {
+    let peer = HeaderValue::from_str(&client.peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    if client.peer_trusted {
+        let chain: Vec<&str> = forwarded_for(headers).collect();
+        let value = if chain.is_empty() {
+            peer
+        } else {
+            let joined = format!("{}, {}", chain.join(", "), client.peer);
+            HeaderValue::from_str(&joined).unwrap_or(peer)
+        };
+        headers.insert(&X_FORWARDED_FOR, value);
+    } else {
+        headers.insert(&X_FORWARDED_FOR, peer);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        // HTTP/2 carries the host in :authority, HTTP/1.1 in Host.
+        let host = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| headers.get(HOST).cloned());
+        if let Some(host) = host {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof_their_address() {
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        let c = ClientAddr::new("203.0.113.9".parse().unwrap(), &h, &[]);
+        assert_eq!(c.ip, "203.0.113.9".parse::<IpAddr>().unwrap());
+        let mut h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https"), ("host", "gw")]);
+        set_forwarded_headers(&mut h, &c, &Uri::from_static("/x"));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "gw");
+    }
+
+    #[test]
+    fn trusted_proxies_extend_the_chain_and_reveal_the_client() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1"), ("x-forwarded-proto", "https")]);
+        let c = ClientAddr::new("10.0.0.2".parse().unwrap(), &h, &trusted);
+        // 6.6.6.6 was written by the client itself; 198.51.100.7 is what our proxy saw.
+        assert_eq!(c.ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+        let mut h = h.clone();
+        set_forwarded_headers(&mut h, &c, &Uri::from_static("/x"));
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 198.51.100.7, 10.1.1.1, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_are_matched_as_ipv4() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let c = ClientAddr::new("::ffff:127.0.0.1".parse().unwrap(), &HeaderMap::new(), &trusted);
+        assert!(c.peer_trusted);
+    }
+}

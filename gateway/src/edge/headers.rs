@@ -1,0 +1,62 @@
+//! Header hygiene at the edge: hop-by-hop headers (RFC 9110 §7.6.1) and every header named in
+//! `Connection` are removed in both directions, and the gateway's own headers are set.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Removes hop-by-hop headers, including the ones a `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too; collect them before removing Connection.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // RFC 9110 counts every Proxy-* header as hop-by-hop, not just the two registered ones.
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, X-Secret , close".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        h.insert("proxy-status", "x".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+    }
+}

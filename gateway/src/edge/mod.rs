@@ -1,0 +1,126 @@
+//! The edge: everything every request goes through before its route's handler, in ONE function
+//! ([`Gateway::pipeline`]) with the reason for each step beside it. Later concerns (authentication,
+//! rate limiting, tracing) slot in here at the marked places.
+
+pub mod forwarded;
+pub mod headers;
+pub mod path;
+pub mod request_id;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::error::GatewayError;
+use crate::proxy;
+use crate::snapshot::Snapshot;
+use forwarded::ClientAddr;
+use request_id::X_REQUEST_ID;
+
+/// Per-request facts the edge established, handed to the handler.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: HeaderValue,
+    pub client: ClientAddr,
+    pub max_body_size: u64,
+}
+
+/// The gateway's shared state: the active snapshot, swapped whole on reload.
+#[derive(Debug)]
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+}
+
+impl Gateway {
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(Self { snapshot: ArcSwap::from_pointee(snapshot) })
+    }
+
+    /// The active snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Makes `snapshot` active for requests that arrive from now on.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Serves one request: the pipeline's answer, or its error in the SPEC.md format, always
+    /// carrying the request id.
+    pub async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+        let request_id = request_id::from_request(request.headers());
+        let method = request.method().clone();
+        let mut response = match self.pipeline(peer, &request_id, request).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(%method, status = e.status().as_u16(), code = e.code(), request_id = ?request_id, "gateway error");
+                e.to_response(&request_id)
+            }
+        };
+        response.headers_mut().insert(&X_REQUEST_ID, request_id);
+        response
+    }
+
+    async fn pipeline(
+        &self,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, GatewayError> {
+        // One snapshot for the whole request: a reload mid-request never mixes two configs.
+        let snapshot = self.snapshot.load_full();
+        let server = &snapshot.config.server;
+
+        // The deadline covers everything from here to the response headers, retries included.
+        let deadline = Instant::now() + server.request_timeout;
+
+        // Who is calling: the TCP peer, or the client behind trusted proxies. Computed before any
+        // header is touched so spoofed X-Forwarded-For from an untrusted peer is never believed.
+        let client = ClientAddr::new(peer.ip(), request.headers(), &server.trusted_proxies);
+
+        // Request smuggling: a message with both framings is ambiguous between us and the
+        // upstream, so it is refused rather than reinterpreted.
+        reject_ambiguous_framing(request.headers())?;
+
+        // Body limit: a declared length over the limit is refused before a byte is read; a
+        // chunked body is cut off (and answered with 413) when it crosses the limit.
+        let max_body_size = server.max_body_size;
+        if declared_length(request.headers()).is_some_and(|len| len > max_body_size) {
+            return Err(GatewayError::PayloadTooLarge { limit: max_body_size });
+        }
+        let limit = usize::try_from(max_body_size).unwrap_or(usize::MAX);
+        let request = request.map(|body| Limited::new(body, limit));
+
+        // Path normalization, once: the same path is matched, authorized and forwarded.
+        let uri = request.uri().clone();
+        let path = path::normalize(uri.path())?;
+
+        // Route match against this snapshot's table: 404 / 405 come from here.
+        let route = snapshot.routes.lookup(request.method(), &path)?;
+
+        // Authentication (per route `auth`) and rate limiting plug in here, in that order,
+        // before anything reaches a backend.
+
+        let ctx = RequestContext { request_id: request_id.clone(), client, max_body_size };
+        proxy::forward(route, &path, request, &ctx, deadline).await
+    }
+}
+
+fn reject_ambiguous_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Err(GatewayError::BadRequest("a request must not carry both Content-Length and Transfer-Encoding"));
+    }
+    Ok(())
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}

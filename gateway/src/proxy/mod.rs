@@ -1,0 +1,54 @@
+//! The REST handler: forwards a matched request to its route's upstream and streams the answer
+//! back. Bodies are never buffered: the client's body streams into the upstream request (capped
+//! by `max_body_size`) and the upstream's body streams into the response, so SSE and chunked
+//! responses flow as they arrive.
+
+use axum::body::Body;
+use http::{Request, Response};
+use http_body::Body as _;
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::edge::RequestContext;
+use crate::edge::forwarded::set_forwarded_headers;
+use crate::edge::headers::strip_hop_by_hop;
+use crate::edge::request_id::X_REQUEST_ID;
+use crate::error::GatewayError;
+use crate::routing::Route;
+use crate::upstream::UpstreamRequest;
+
+/// Forwards `request` to `route`'s service; `path` is the normalized request path.
+pub async fn forward(
+    route: &Route,
+    path: &str,
+    request: Request<Limited<Incoming>>,
+    ctx: &RequestContext,
+    deadline: Instant,
+) -> Result<Response<Body>, GatewayError> {
+    let (mut parts, body) = request.into_parts();
+    let forward_path = route.forward_path(path);
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{forward_path}?{q}"),
+        None => forward_path.to_owned(),
+    };
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    // The upstream's own authority goes in Host; the client's is kept in X-Forwarded-Host.
+    set_forwarded_headers(headers, &ctx.client, &parts.uri);
+    headers.remove(http::header::HOST);
+    headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+
+    // No body at all (most GETs) means no chunked framing upstream either.
+    let body = (!body.is_end_stream()).then(|| reqwest::Body::wrap(body));
+    let outgoing = UpstreamRequest { method: parts.method, path_and_query, headers: parts.headers, body };
+    let response = route.upstream.send(outgoing, deadline).await.map_err(|e| match e {
+        GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge { limit: ctx.max_body_size },
+        other => other,
+    })?;
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}

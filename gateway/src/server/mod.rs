@@ -1,0 +1,151 @@
+//! The listener: accepts TCP connections and serves HTTP/1.1 and h2c (prior knowledge) on them
+//! with hyper-util, then drains on shutdown.
+//!
+//! Not `axum::serve`: it has no header-read timeout, so a slowloris client that never finishes its
+//! headers would hold a connection forever. Here hyper cuts it off after `header_read_timeout`,
+//! open connections are capped by `max_connections`, and shutdown stops accepting at once, lets
+//! in-flight requests finish within `shutdown_timeout`, then closes what is left.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::edge::Gateway;
+
+/// Serves `gateway` on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let server = gateway.snapshot().config.server.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+
+    let max_connections = if server.max_connections == 0 { Semaphore::MAX_PERMITS } else { server.max_connections };
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.map_err(io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors or a connection reset before accept: keep serving,
+                    // but don't spin on a persistent error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let service = service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(peer, request).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+
+    // Stop accepting now: new clients are refused instead of queueing behind the drain.
+    drop(listener);
+    tracing::info!(grace = ?server.shutdown_timeout, "shutting down: finishing in-flight requests");
+    match tokio::time::timeout(server.shutdown_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("grace period over: closing the connections still open"),
+    }
+    Ok(())
+}
+
+/// A gateway serving in the background, for tests and `gateway demo`.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Binds `addr` (port 0 picks a free one) and serves in a task.
+    pub async fn start(gateway: Arc<Gateway>, addr: SocketAddr) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, gateway, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, stop: Some(stop), task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Graceful shutdown: waits until in-flight requests finished (or the grace period ended).
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        self.begin_shutdown();
+        (&mut self.task).await.map_err(io::Error::other)?
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

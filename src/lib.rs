@@ -1,1 +1,0 @@
-//! Owner of the end-to-end tests in tests/.
