@@ -1236,13 +1236,3 @@ mod tests {
         assert!(refused, "{addr} still accepting after drop");
     }
 }
-#[cfg(test)]
-mod tmp_manual {
-    #[tokio::test]
-    #[ignore]
-    async fn tmp_serve() {
-        let b = super::spawn(super::DemoService::Users, "127.0.0.1:38517".parse().unwrap()).await.unwrap();
-        println!("{}", b.url());
-        tokio::time::sleep(std::time::Duration::from_secs(40)).await;
-    }
-}

@@ -86,8 +86,8 @@ impl Gateway {
         // header is touched so spoofed X-Forwarded-For from an untrusted peer is never believed.
         let client = ClientAddr::new(peer.ip(), request.headers(), &server.trusted_proxies);
 
-        // Request smuggling: a message with both framings is ambiguous between us and the
-        // upstream, so it is refused rather than reinterpreted.
+        // Request smuggling: a body whose framing could be read two ways is refused rather than
+        // reinterpreted, so the upstream (which gets a re-framed body) and we always agree.
         reject_ambiguous_framing(request.headers())?;
 
         // Body limit: a declared length over the limit is refused before a byte is read; a
@@ -114,9 +114,21 @@ impl Gateway {
     }
 }
 
+/// hyper already refuses differing Content-Lengths and non-numeric ones, and when a request has
+/// both Content-Length and Transfer-Encoding it lets chunked win and closes the connection after
+/// the response (RFC 9112 §6.3), so nothing smuggled behind it is ever read. This adds what hyper
+/// lets through: a repeated Content-Length (even with equal values) and transfer-codings other
+/// than a plain `chunked`, whose body would otherwise reach the upstream still coded and unlabeled.
 fn reject_ambiguous_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-        return Err(GatewayError::BadRequest("a request must not carry both Content-Length and Transfer-Encoding"));
+    let mut te = headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next()
+        && (te.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(GatewayError::BadRequest("only the chunked transfer-coding is accepted"));
+    }
+    let cl = headers.get_all(CONTENT_LENGTH).iter().count();
+    if cl > 1 || (cl == 1 && headers.contains_key(TRANSFER_ENCODING)) {
+        return Err(GatewayError::BadRequest("a request must carry one Content-Length or Transfer-Encoding: chunked"));
     }
     Ok(())
 }

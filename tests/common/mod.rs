@@ -1,0 +1,106 @@
+//! Shared end-to-end harness: a real gateway (the library's own listener and pipeline) and real
+//! backends, all on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use gateway::config::{Source, parse};
+use gateway::demo::backends::{self, DemoService, RunningBackend};
+use gateway::{Gateway, RunningServer, Snapshot};
+use tokio::net::TcpListener;
+
+/// A gateway serving `toml` (with `{NAME}` placeholders already filled in by the caller).
+pub async fn gateway(toml: &str) -> RunningServer {
+    let source = Source::new("routes.toml", toml);
+    let config = parse(&source, &|_| None).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    let snapshot = Snapshot::build(config).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    RunningServer::start(Gateway::new(snapshot), "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// A demo backend (its `/echo` reports what it received).
+pub async fn demo(service: DemoService) -> RunningBackend {
+    backends::spawn(service, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// Serves an axum router on a free port and returns its base URL.
+pub async fn serve(app: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// A URL nothing listens on: bind, read the port, close.
+pub fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// One service named `svc` at `url` and one all-method, no-auth prefix route to it.
+pub fn one_route(url: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+[services.svc]
+urls = ["{url}"]
+timeout = "2s"
+
+[[routes]]
+prefix = "/"
+service = "svc"
+auth = "none"
+{route_extra}
+"#
+    )
+}
+
+/// A client that neither follows redirects nor uses a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap()
+}
+
+/// The JSON error body of a gateway-produced error, checked against SPEC.md's shape.
+pub async fn error_body(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert_eq!(body["error"]["request_id"], request_id.as_str(), "{body}");
+    body
+}
+
+/// Sends raw bytes and returns everything the server answers until it closes or goes quiet.
+/// Blocking I/O, so call it from `spawn_blocking` (or a plain test).
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], quiet: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(quiet)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in a raw exchange.
+pub fn first_status(raw: &str) -> u16 {
+    raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    let request = request.as_bytes().to_vec();
+    tokio::task::spawn_blocking(move || raw_exchange(addr, &request, Duration::from_secs(2)))
+        .await
+        .unwrap()
+}
+
+pub const USERS: DemoService = DemoService::Users;
