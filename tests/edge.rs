@@ -30,11 +30,21 @@ async fn request_ids_are_kept_when_sane_generated_otherwise_and_sent_upstream() 
     let users = demo(USERS).await;
     let gw = gateway(&one_route(&users.url(), "")).await;
     let c = client();
-    let r = c.get(format!("{}/echo", gw.url())).header("x-request-id", "trace-abc.123").send().await.unwrap();
+    let r = c
+        .get(format!("{}/echo", gw.url()))
+        .header("x-request-id", "trace-abc.123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-abc.123");
     assert_eq!(echo_json(r).await["headers"]["x-request-id"][0], "trace-abc.123");
 
-    let r = c.get(format!("{}/echo", gw.url())).header("x-request-id", "bad id <script>").send().await.unwrap();
+    let r = c
+        .get(format!("{}/echo", gw.url()))
+        .header("x-request-id", "bad id <script>")
+        .send()
+        .await
+        .unwrap();
     let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_ne!(id, "bad id <script>");
     assert_eq!(id.len(), 36);
@@ -59,7 +69,10 @@ async fn forwarded_headers_from_untrusted_peers_are_replaced() {
     assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
     assert_eq!(h["x-forwarded-proto"][0], "http");
     assert_eq!(h["x-forwarded-host"][0], gw.addr.to_string());
-    assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none(), "{h}");
+    assert!(
+        h.get("forwarded").is_none() && h.get("x-real-ip").is_none(),
+        "{h}"
+    );
     // Host is the upstream's own authority.
     assert_eq!(h["host"][0], users.url().trim_start_matches("http://"));
 }
@@ -67,7 +80,11 @@ async fn forwarded_headers_from_untrusted_peers_are_replaced() {
 #[tokio::test]
 async fn trusted_proxies_have_their_chain_extended() {
     let users = demo(USERS).await;
-    let gw = gateway(&format!("[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}", one_route(&users.url(), ""))).await;
+    let gw = gateway(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}",
+        one_route(&users.url(), "")
+    ))
+    .await;
     let r = client()
         .get(format!("{}/echo", gw.url()))
         .header("x-forwarded-for", "198.51.100.7")
@@ -111,7 +128,14 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
     let (head, body) = reply.split_once("\r\n\r\n").unwrap();
     let seen: Vec<&str> = body.split(',').collect();
     assert!(seen.contains(&"x-keep"), "{body}");
-    for gone in ["connection", "x-drop-me", "keep-alive", "te", "proxy-authorization", "upgrade"] {
+    for gone in [
+        "connection",
+        "x-drop-me",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    ] {
         assert!(!seen.contains(&gone), "{gone} reached the upstream: {body}");
     }
     let head = head.to_ascii_lowercase();
@@ -136,19 +160,46 @@ auth = "none"
         u = users.url()
     ))
     .await;
-    let get = |path: &str| raw(gw.addr, Box::leak(format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").into_boxed_str()));
+    let get = |path: &str| {
+        raw(
+            gw.addr,
+            Box::leak(
+                format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").into_boxed_str(),
+            ),
+        )
+    };
     // Dot segments, encoded dots and double slashes resolve to the same route and path.
-    for path in ["/echo/public/../public/a", "/echo/public/%2e/a", "//echo//public///a", "/echo/%70ublic/a"] {
+    for path in [
+        "/echo/public/../public/a",
+        "/echo/public/%2e/a",
+        "//echo//public///a",
+        "/echo/%70ublic/a",
+    ] {
         let reply = get(path).await;
         assert_eq!(first_status(&reply), 200, "{path}: {reply}");
-        assert!(reply.contains(r#""path":"/echo/public/a""#), "{path} forwarded as: {reply}");
+        assert!(
+            reply.contains(r#""path":"/echo/public/a""#),
+            "{path} forwarded as: {reply}"
+        );
     }
     // Escaping the prefix with dot segments lands outside it: no route.
-    for path in ["/echo/public/../private", "/echo/public/%2e%2e/private", "/echo/public/%2E%2E/private"] {
+    for path in [
+        "/echo/public/../private",
+        "/echo/public/%2e%2e/private",
+        "/echo/public/%2E%2E/private",
+    ] {
         assert_eq!(first_status(&get(path).await), 404, "{path}");
     }
     // Encoded separators, backslashes and climbing above the root are refused outright.
-    for path in ["/echo/public/..%2Fprivate", "/echo/public%2fa", "/echo/public/%5C..", "/echo/public/a\\b", "/../etc/passwd", "/%2e%2e/x", "/echo/public/%zz"] {
+    for path in [
+        "/echo/public/..%2Fprivate",
+        "/echo/public%2fa",
+        "/echo/public/%5C..",
+        "/echo/public/a\\b",
+        "/../etc/passwd",
+        "/%2e%2e/x",
+        "/echo/public/%zz",
+    ] {
         let reply = get(path).await;
         assert_eq!(first_status(&reply), 400, "{path}: {reply}");
         assert!(reply.contains(r#""code":"BAD_REQUEST""#), "{reply}");
@@ -158,18 +209,44 @@ auth = "none"
 #[tokio::test]
 async fn oversized_bodies_get_413_declared_or_chunked() {
     let users = demo(USERS).await;
-    let gw = gateway(&format!("[server]\nmax_body_size = \"1KiB\"\n{}", one_route(&users.url(), ""))).await;
+    let gw = gateway(&format!(
+        "[server]\nmax_body_size = \"1KiB\"\n{}",
+        one_route(&users.url(), "")
+    ))
+    .await;
     let c = client();
-    let r = c.post(format!("{}/upload", gw.url())).body(vec![b'x'; 1024]).send().await.unwrap();
+    let r = c
+        .post(format!("{}/upload", gw.url()))
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(echo_json(r).await["bytes"], 1024, "exactly the limit passes");
-    let r = c.post(format!("{}/upload", gw.url())).body(vec![b'x'; 1025]).send().await.unwrap();
+    let r = c
+        .post(format!("{}/upload", gw.url()))
+        .body(vec![b'x'; 1025])
+        .send()
+        .await
+        .unwrap();
     error_body(r, 413, "PAYLOAD_TOO_LARGE").await;
     // Chunked: no Content-Length, so the limit is enforced while streaming.
-    let chunks = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 256]))));
-    let r = c.post(format!("{}/upload", gw.url())).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let chunks =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 256]))));
+    let r = c
+        .post(format!("{}/upload", gw.url()))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 413, "PAYLOAD_TOO_LARGE").await;
-    let chunks = futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 256]))));
-    let r = c.post(format!("{}/upload", gw.url())).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let chunks =
+        futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 256]))));
+    let r = c
+        .post(format!("{}/upload", gw.url()))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(echo_json(r).await["bytes"], 1024);
 }
 
@@ -202,8 +279,15 @@ auth = "none"
     let c = client();
     let r = c.get(format!("{}/dead/x", gw.url())).send().await.unwrap();
     let body = error_body(r, 502, "UPSTREAM_UNAVAILABLE").await;
-    assert!(!body.to_string().contains("127.0.0.1"), "no upstream addresses in messages: {body}");
-    let r = c.get(format!("{}/echo?delay_ms=3000", gw.url())).send().await.unwrap();
+    assert!(
+        !body.to_string().contains("127.0.0.1"),
+        "no upstream addresses in messages: {body}"
+    );
+    let r = c
+        .get(format!("{}/echo?delay_ms=3000", gw.url()))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 504, "UPSTREAM_TIMEOUT").await;
     // Upstream errors pass through untouched.
     let r = c.get(format!("{}/echo?fail=503", gw.url())).send().await.unwrap();
@@ -214,8 +298,16 @@ auth = "none"
 #[tokio::test]
 async fn the_request_timeout_bounds_the_whole_request() {
     let users = demo(USERS).await;
-    let gw = gateway(&format!("[server]\nrequest_timeout = \"200ms\"\n{}", one_route(&users.url(), ""))).await;
-    let r = client().get(format!("{}/echo?delay_ms=3000", gw.url())).send().await.unwrap();
+    let gw = gateway(&format!(
+        "[server]\nrequest_timeout = \"200ms\"\n{}",
+        one_route(&users.url(), "")
+    ))
+    .await;
+    let r = client()
+        .get(format!("{}/echo?delay_ms=3000", gw.url()))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 504, "UPSTREAM_TIMEOUT").await;
 }
 
@@ -246,7 +338,10 @@ async fn request_bodies_stream_to_the_upstream() {
     let gw = gateway(&one_route(&backend, "")).await;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let request = tokio::spawn(
-        client().post(gw.url()).body(reqwest::Body::wrap_stream(tokio_stream(rx))).send(),
+        client()
+            .post(gw.url())
+            .body(reqwest::Body::wrap_stream(tokio_stream(rx)))
+            .send(),
     );
     tx.send(Ok(Bytes::from_static(b"first chunk;"))).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), first_seen.recv())
@@ -321,13 +416,26 @@ fn tokio_stream(
 #[tokio::test]
 async fn a_large_body_streams_both_ways() {
     let users = demo(USERS).await;
-    let gw = gateway(&format!("[server]\nmax_body_size = \"64MiB\"\n{}", one_route(&users.url(), ""))).await;
+    let gw = gateway(&format!(
+        "[server]\nmax_body_size = \"64MiB\"\n{}",
+        one_route(&users.url(), "")
+    ))
+    .await;
     let c = client();
     let chunk = Bytes::from(vec![b'q'; 1 << 20]);
     let chunks = futures_util::stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let r = c.post(format!("{}/upload", gw.url())).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/upload", gw.url()))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(echo_json(r).await["bytes"], 64 << 20);
-    let r = c.get(format!("{}/bytes?size={}", gw.url(), 64 << 20)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/bytes?size={}", gw.url(), 64 << 20))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-length"], (64u64 << 20).to_string().as_str());
     let mut total = 0;
     let mut body = r.bytes_stream();
@@ -340,16 +448,22 @@ async fn a_large_body_streams_both_ways() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let users = demo(USERS).await;
-    let gw = gateway(&format!("[server]\nheader_read_timeout = \"300ms\"\n{}", one_route(&users.url(), ""))).await;
+    let gw = gateway(&format!(
+        "[server]\nheader_read_timeout = \"300ms\"\n{}",
+        one_route(&users.url(), "")
+    ))
+    .await;
     // The connection is closed by the gateway long before the client's 30 s patience runs out.
     let addr = gw.addr;
     let outcome = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(b"GET /echo HTTP/1.1\r\nHost: gw\r\nX-Slow: ").unwrap();
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+            .unwrap();
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map(|_| String::from_utf8_lossy(&buf).into_owned())
+        s.read_to_end(&mut buf)
+            .map(|_| String::from_utf8_lossy(&buf).into_owned())
     })
     .await
     .unwrap();
@@ -380,26 +494,40 @@ async fn request_smuggling_attempts_are_refused() {
         "POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 0x3\r\n\r\nabc".to_owned(),
         "POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_owned(),
         "POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n".to_owned(),
-        format!("POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!(
+            "POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
     ] {
         let reply = raw(gw.addr, &request).await;
         assert_eq!(first_status(&reply), 400, "{request:?} got {reply}");
         assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{request:?} got {reply}");
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "a malformed request reached the backend");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a malformed request reached the backend"
+    );
 
     // Content-Length and Transfer-Encoding together: chunked wins, the request with its 0-length
     // body is forwarded once, and the connection is closed, so the bytes hidden behind it (which
     // a CL-reading server would take for a second request) are never parsed as a request.
     for request in [
-        format!("POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 42\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
-        format!("POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 42\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!(
+            "POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 42\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 42\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
     ] {
         let before = hits.load(Ordering::SeqCst);
         let reply = raw(gw.addr, &request).await;
         assert_eq!(first_status(&reply), 200, "{reply}");
         assert!(reply.contains("got 0 bytes"), "{reply}");
-        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "a second response means the smuggled request ran: {reply}");
+        assert_eq!(
+            reply.matches("HTTP/1.1 ").count(),
+            1,
+            "a second response means the smuggled request ran: {reply}"
+        );
         assert_eq!(hits.load(Ordering::SeqCst), before + 1);
     }
 }

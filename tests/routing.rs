@@ -44,11 +44,20 @@ auth = "none"
     let served_by = |path: &'static str| {
         let c = c.clone();
         let url = format!("{}{path}", gw.url());
-        async move { echo(c.get(url).send().await.unwrap()).await["service"].as_str().unwrap().to_owned() }
+        async move {
+            echo(c.get(url).send().await.unwrap()).await["service"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
     };
     assert_eq!(served_by("/echo/special").await, "orders");
     assert_eq!(served_by("/echo/special/deeper/still").await, "orders");
-    assert_eq!(served_by("/echo/specialx").await, "users", "a prefix matches whole segments only");
+    assert_eq!(
+        served_by("/echo/specialx").await,
+        "users",
+        "a prefix matches whole segments only"
+    );
     assert_eq!(served_by("/echo/items/7/detail").await, "orders");
     assert_eq!(served_by("/echo/items/7/other").await, "users");
     assert_eq!(served_by("/echo").await, "users");
@@ -83,7 +92,12 @@ auth = "none"
     let body = error_body(r, 405, "METHOD_NOT_ALLOWED").await;
     assert_eq!(body["error"]["message"], "DELETE is not allowed on /echo/42");
 
-    let r = c.put(format!("{}/echo/42", gw.url())).body("x").send().await.unwrap();
+    let r = c
+        .put(format!("{}/echo/42", gw.url()))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(echo(r).await["method"], "PUT");
     let r = c.head(format!("{}/echo/42", gw.url())).send().await.unwrap();
     assert_eq!(r.status(), 200, "GET routes serve HEAD");
@@ -100,7 +114,11 @@ async fn unknown_paths_get_the_spec_404_body() {
         users.url()
     ))
     .await;
-    let r = client().get(format!("{}/nope?x=1", gw.url())).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/nope?x=1", gw.url()))
+        .send()
+        .await
+        .unwrap();
     let body = error_body(r, 404, "ROUTE_NOT_FOUND").await;
     assert_eq!(body["error"]["message"], "no route for GET /nope");
 }
@@ -130,12 +148,24 @@ auth = "none"
     ))
     .await;
     let c = client();
-    let got = echo(c.get(format!("{}/api/v1/users/7?b=2&a=1&a=%20x&empty=", gw.url())).send().await.unwrap()).await;
+    let got = echo(
+        c.get(format!("{}/api/v1/users/7?b=2&a=1&a=%20x&empty=", gw.url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(got["path"], "/echo/base/users/7");
     assert_eq!(got["query"], "b=2&a=1&a=%20x&empty=");
     let got = echo(c.get(format!("{}/api/v1", gw.url())).send().await.unwrap()).await;
     assert_eq!(got["path"], "/echo/base");
-    let got = echo(c.get(format!("{}/echo/x/y?q=%2F", gw.url())).send().await.unwrap()).await;
+    let got = echo(
+        c.get(format!("{}/echo/x/y?q=%2F", gw.url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(got["path"], "/echo/x/y");
     assert_eq!(got["query"], "q=%2F", "encoded slashes in the query are fine");
 }
@@ -144,8 +174,17 @@ auth = "none"
 async fn http2_prior_knowledge_clients_are_served() {
     let users = demo(USERS).await;
     let gw = gateway(&common::one_route(&users.url(), "")).await;
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().no_proxy().build().unwrap();
-    let r = h2.post(format!("{}/echo/h2", gw.url())).body("hello").send().await.unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = h2
+        .post(format!("{}/echo/h2", gw.url()))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     let got = echo(r).await;
     assert_eq!(got["body"], "hello");

@@ -55,7 +55,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run { config, listen } => match Snapshot::load(&config, &process_env) {
             Ok(snapshot) => {
                 let workers = snapshot.config.server.worker_threads;
-                run_runtime(workers, |rt| rt.block_on(run(snapshot_with_listen(snapshot, listen))))
+                run_runtime(workers, |rt| {
+                    rt.block_on(run(snapshot_with_listen(snapshot, listen)))
+                })
             }
             Err(errors) => report(&errors),
         },
@@ -72,7 +74,10 @@ pub fn main(cli: Cli) -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -93,7 +98,10 @@ fn check(path: &Path) -> ExitCode {
 fn report(errors: &ConfigErrors) -> ExitCode {
     eprintln!("{errors}");
     let n = errors.0.len();
-    eprintln!("{n} error{} found; nothing was started", if n == 1 { "" } else { "s" });
+    eprintln!(
+        "{n} error{} found; nothing was started",
+        if n == 1 { "" } else { "s" }
+    );
     ExitCode::FAILURE
 }
 
@@ -153,7 +161,11 @@ async fn demo(config: &Path, listen: Option<SocketAddr>) -> ExitCode {
     let addr = snapshot.config.server.listen;
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
-        Err(e) => return fail(&format!("cannot listen on {addr}: {e} (pick another address with --listen)")),
+        Err(e) => {
+            return fail(&format!(
+                "cannot listen on {addr}: {e} (pick another address with --listen)"
+            ));
+        }
     };
     let gw = format!("http://{}", listener.local_addr().unwrap_or(addr));
     println!("gateway demo running on {gw}\n");

@@ -16,7 +16,11 @@ pub enum GatewayError {
     #[error("no route for {method} {path}")]
     RouteNotFound { method: Method, path: String },
     #[error("{method} is not allowed on {path}")]
-    MethodNotAllowed { method: Method, path: String, allow: HeaderValue },
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allow: HeaderValue,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("the upstream service is unavailable")]

@@ -32,7 +32,10 @@ impl Snapshot {
                 Ok(u) => upstreams.push(Arc::new(u)),
                 Err(e) => errors.push(ConfigError {
                     location: service.location.clone(),
-                    message: format!("cannot create the HTTP client for service \"{}\": {e}", service.name),
+                    message: format!(
+                        "cannot create the HTTP client for service \"{}\": {e}",
+                        service.name
+                    ),
                 }),
             }
         }
@@ -41,7 +44,10 @@ impl Snapshot {
             // Validation guarantees the service exists; an upstream that failed to build is
             // already reported above.
             if let Some(upstream) = upstreams.iter().find(|u| u.name() == route.service) {
-                routes.push(Route { config: route.clone(), upstream: upstream.clone() });
+                routes.push(Route {
+                    config: route.clone(),
+                    upstream: upstream.clone(),
+                });
             }
         }
         let routes = RouteTable::build(routes).map_err(|mut route_errors| {
@@ -49,7 +55,11 @@ impl Snapshot {
             route_errors
         });
         match routes {
-            Ok(routes) if errors.is_empty() => Ok(Self { config, routes, upstreams }),
+            Ok(routes) if errors.is_empty() => Ok(Self {
+                config,
+                routes,
+                upstreams,
+            }),
             Ok(_) => Err(ConfigErrors(errors)),
             Err(mut all) => {
                 all.sort_by_key(|e| (e.location.line, e.location.column));

@@ -16,12 +16,16 @@ pub async fn gateway(toml: &str) -> RunningServer {
     let source = Source::new("routes.toml", toml);
     let config = parse(&source, &|_| None).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     let snapshot = Snapshot::build(config).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
-    RunningServer::start(Gateway::new(snapshot), "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    RunningServer::start(Gateway::new(snapshot), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 /// A demo backend (its `/echo` reports what it received).
 pub async fn demo(service: DemoService) -> RunningBackend {
-    backends::spawn(service, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    backends::spawn(service, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 /// Serves an axum router on a free port and returns its base URL.
@@ -59,7 +63,11 @@ auth = "none"
 
 /// A client that neither follows redirects nor uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
 }
 
 /// The JSON error body of a gateway-produced error, checked against SPEC.md's shape.
@@ -69,7 +77,10 @@ pub async fn error_body(response: reqwest::Response, status: u16, code: &str) ->
     let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert_eq!(body["error"]["request_id"], request_id.as_str(), "{body}");
     body
 }

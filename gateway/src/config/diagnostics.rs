@@ -16,7 +16,10 @@ pub struct Source {
 
 impl Source {
     pub fn new(name: impl Into<String>, text: impl Into<Arc<str>>) -> Self {
-        Self { name: name.into(), text: text.into() }
+        Self {
+            name: name.into(),
+            text: text.into(),
+        }
     }
 
     /// The 1-based line and column (in characters) of a byte offset.
@@ -31,7 +34,11 @@ impl Source {
 
     pub fn location(&self, span: &Range<usize>) -> Location {
         let (line, column) = self.line_col(span.start);
-        Location { file: self.name.clone(), line, column }
+        Location {
+            file: self.name.clone(),
+            line,
+            column,
+        }
     }
 }
 
@@ -81,8 +88,15 @@ impl fmt::Display for ConfigErrors {
 impl ConfigErrors {
     /// An error about a file as a whole (unreadable, say), located at its start.
     pub fn whole_file(file: &str, message: impl Into<String>) -> Self {
-        let location = Location { file: file.to_owned(), line: 1, column: 1 };
-        Self(vec![ConfigError { location, message: message.into() }])
+        let location = Location {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+        };
+        Self(vec![ConfigError {
+            location,
+            message: message.into(),
+        }])
     }
 }
 
@@ -95,7 +109,10 @@ pub struct Diagnostics<'s> {
 
 impl<'s> Diagnostics<'s> {
     pub fn new(source: &'s Source) -> Self {
-        Self { source, errors: Vec::new() }
+        Self {
+            source,
+            errors: Vec::new(),
+        }
     }
 
     pub fn source(&self) -> &'s Source {
@@ -104,11 +121,17 @@ impl<'s> Diagnostics<'s> {
 
     pub fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
         let location = self.source.location(span);
-        self.errors.push(ConfigError { location, message: message.into() });
+        self.errors.push(ConfigError {
+            location,
+            message: message.into(),
+        });
     }
 
     pub fn error_at(&mut self, location: &Location, message: impl Into<String>) {
-        self.errors.push(ConfigError { location: location.clone(), message: message.into() });
+        self.errors.push(ConfigError {
+            location: location.clone(),
+            message: message.into(),
+        });
     }
 
     pub fn has_errors(&self) -> bool {

@@ -71,14 +71,33 @@ mod tests {
         assert_eq!(interpolate("${MISSING:-http://x:1}", &env).unwrap(), "http://x:1");
         assert_eq!(interpolate("${SECRET:-unused}", &env).unwrap(), "s3cr3t");
         assert_eq!(interpolate("${MISSING:-}", &env).unwrap(), "");
-        assert_eq!(interpolate("cost $5 and $${LITERAL}", &env).unwrap(), "cost $5 and ${LITERAL}");
+        assert_eq!(
+            interpolate("cost $5 and $${LITERAL}", &env).unwrap(),
+            "cost $5 and ${LITERAL}"
+        );
     }
 
     #[test]
     fn reports_unset_unterminated_and_malformed() {
-        assert!(interpolate("${MISSING}", &env).unwrap_err().contains("MISSING is not set"));
-        assert!(interpolate("${SECRET", &env).unwrap_err().contains("unterminated"));
-        assert!(interpolate("${}", &env).unwrap_err().contains("not a valid variable"));
-        assert!(interpolate("${A B}", &env).unwrap_err().contains("not a valid variable"));
+        assert!(
+            interpolate("${MISSING}", &env)
+                .unwrap_err()
+                .contains("MISSING is not set")
+        );
+        assert!(
+            interpolate("${SECRET", &env)
+                .unwrap_err()
+                .contains("unterminated")
+        );
+        assert!(
+            interpolate("${}", &env)
+                .unwrap_err()
+                .contains("not a valid variable")
+        );
+        assert!(
+            interpolate("${A B}", &env)
+                .unwrap_err()
+                .contains("not a valid variable")
+        );
     }
 }

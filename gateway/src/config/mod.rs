@@ -78,7 +78,10 @@ auth = "none"
         .unwrap();
         assert_eq!(config.server.listen.port(), 9000);
         assert_eq!(config.server.max_body_size, 1 << 20);
-        assert_eq!(config.server.request_timeout, ServerConfig::default().request_timeout);
+        assert_eq!(
+            config.server.request_timeout,
+            ServerConfig::default().request_timeout
+        );
         assert_eq!(config.server.trusted_proxies.len(), 2);
         let users = config.service("users").unwrap();
         assert_eq!(users.urls[0].as_str(), "http://127.0.0.1:9101/base");
@@ -139,15 +142,25 @@ service = "users"
 
     #[test]
     fn unknown_keys_and_syntax_errors_point_at_the_place() {
-        let err = parse_str("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err().to_string();
-        assert!(err.starts_with("routes.toml:3:1: error: unknown field `lisen`"), "{err}");
+        let err = parse_str("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("routes.toml:3:1: error: unknown field `lisen`"),
+            "{err}"
+        );
         let err = parse_str("[[routes]\n").unwrap_err().to_string();
         assert!(err.starts_with("routes.toml:1:"), "{err}");
     }
 
     #[test]
     fn missing_environment_variables_are_errors() {
-        let err = parse_str("[services.a]\nurls = [\"${A_URL}\"]\n").unwrap_err().to_string();
-        assert!(err.contains("routes.toml:2:9: error: environment variable A_URL is not set"), "{err}");
+        let err = parse_str("[services.a]\nurls = [\"${A_URL}\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("routes.toml:2:9: error: environment variable A_URL is not set"),
+            "{err}"
+        );
     }
 }

@@ -22,11 +22,22 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         Some(server) => v.server(server.into_inner()),
         None => ServerConfig::default(),
     };
-    let services: Vec<ServiceConfig> =
-        raw.services.into_iter().filter_map(|(name, svc)| v.service(name, svc)).collect();
+    let services: Vec<ServiceConfig> = raw
+        .services
+        .into_iter()
+        .filter_map(|(name, svc)| v.service(name, svc))
+        .collect();
     let service_names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-    let routes = raw.routes.into_iter().filter_map(|r| v.route(r, &service_names)).collect();
-    Config { server, services, routes }
+    let routes = raw
+        .routes
+        .into_iter()
+        .filter_map(|r| v.route(r, &service_names))
+        .collect();
+    Config {
+        server,
+        services,
+        routes,
+    }
 }
 
 struct Validator<'a, 'd, 's> {
@@ -48,17 +59,22 @@ impl Validator<'_, '_, '_> {
 
     fn duration(&mut self, value: &Option<Str>, key: &str, default: Duration) -> Duration {
         let Some(value) = value else { return default };
-        let Some(text) = self.string(value) else { return default };
+        let Some(text) = self.string(value) else {
+            return default;
+        };
         match humantime::parse_duration(text.trim()) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
-                self.diag.error(&value.span(), format!("`{key}` must be longer than zero"));
+                self.diag
+                    .error(&value.span(), format!("`{key}` must be longer than zero"));
                 default
             }
             Err(_) => {
                 self.diag.error(
                     &value.span(),
-                    format!("`{key}` = \"{text}\" is not a duration: write it like \"250ms\", \"5s\" or \"1m\""),
+                    format!(
+                        "`{key}` = \"{text}\" is not a duration: write it like \"250ms\", \"5s\" or \"1m\""
+                    ),
                 );
                 default
             }
@@ -70,7 +86,8 @@ impl Validator<'_, '_, '_> {
         match usize::try_from(*value.get_ref()) {
             Ok(n) if *value.get_ref() <= max => n,
             _ => {
-                self.diag.error(&value.span(), format!("`{key}` must be between 0 and {max}"));
+                self.diag
+                    .error(&value.span(), format!("`{key}` must be between 0 and {max}"));
                 default
             }
         }
@@ -136,7 +153,12 @@ impl Validator<'_, '_, '_> {
             ),
             shutdown_timeout: self.duration(&raw.shutdown_timeout, "shutdown_timeout", d.shutdown_timeout),
             max_body_size: max_body_size.unwrap_or(d.max_body_size),
-            max_connections: self.count(&raw.max_connections, "max_connections", 1_000_000, d.max_connections),
+            max_connections: self.count(
+                &raw.max_connections,
+                "max_connections",
+                1_000_000,
+                d.max_connections,
+            ),
             trusted_proxies,
         }
     }
@@ -155,13 +177,30 @@ impl Validator<'_, '_, '_> {
         }
         let raw = raw.into_inner();
         if raw.urls.get_ref().is_empty() {
-            self.diag.error(&raw.urls.span(), "`urls` is empty: give at least one instance, like [\"http://127.0.0.1:9101\"]");
+            self.diag.error(
+                &raw.urls.span(),
+                "`urls` is empty: give at least one instance, like [\"http://127.0.0.1:9101\"]",
+            );
         }
-        let urls: Vec<Url> = raw.urls.get_ref().iter().filter_map(|u| self.service_url(u)).collect();
-        let connect_timeout =
-            self.duration(&raw.connect_timeout, "connect_timeout", ServiceConfig::DEFAULT_CONNECT_TIMEOUT);
+        let urls: Vec<Url> = raw
+            .urls
+            .get_ref()
+            .iter()
+            .filter_map(|u| self.service_url(u))
+            .collect();
+        let connect_timeout = self.duration(
+            &raw.connect_timeout,
+            "connect_timeout",
+            ServiceConfig::DEFAULT_CONNECT_TIMEOUT,
+        );
         let timeout = self.duration(&raw.timeout, "timeout", ServiceConfig::DEFAULT_TIMEOUT);
-        name_ok.then(|| ServiceConfig { name: name.into_inner(), urls, connect_timeout, timeout, location })
+        name_ok.then(|| ServiceConfig {
+            name: name.into_inner(),
+            urls,
+            connect_timeout,
+            timeout,
+            location,
+        })
     }
 
     fn service_url(&mut self, value: &Str) -> Option<Url> {
@@ -205,27 +244,43 @@ impl Validator<'_, '_, '_> {
             };
             self.diag.error(
                 &raw.service.span(),
-                format!("unknown service \"{name}\": add a [services.{name}] table or fix the name ({known})"),
+                format!(
+                    "unknown service \"{name}\": add a [services.{name}] table or fix the name ({known})"
+                ),
             );
         }
         let strip_prefix = raw.strip_prefix.as_ref().is_some_and(|s| *s.get_ref());
         if let (Some(strip), Some(PathMatch::Pattern(_))) = (&raw.strip_prefix, &path)
             && *strip.get_ref()
         {
-            self.diag.error(&strip.span(), "`strip_prefix` only applies to `prefix` routes; remove it from this `path` route");
+            self.diag.error(
+                &strip.span(),
+                "`strip_prefix` only applies to `prefix` routes; remove it from this `path` route",
+            );
         }
         let auth = self.auth(&raw.auth, &span);
-        Some(RouteConfig { path: path?, methods: methods.flatten(), service: service?, strip_prefix, auth: auth?, location })
+        Some(RouteConfig {
+            path: path?,
+            methods: methods.flatten(),
+            service: service?,
+            strip_prefix,
+            auth: auth?,
+            location,
+        })
     }
 
     fn route_path(&mut self, raw: &RawRoute, route_span: &Range<usize>) -> Option<PathMatch> {
         match (&raw.prefix, &raw.path) {
             (Some(_), Some(path)) => {
-                self.diag.error(&path.span(), "a route has either `prefix` or `path`, not both");
+                self.diag
+                    .error(&path.span(), "a route has either `prefix` or `path`, not both");
                 None
             }
             (None, None) => {
-                self.diag.error(route_span, "this route has neither `prefix` nor `path`: add one, like prefix = \"/api/users\"");
+                self.diag.error(
+                    route_span,
+                    "this route has neither `prefix` nor `path`: add one, like prefix = \"/api/users\"",
+                );
                 None
             }
             (Some(value), None) => {
@@ -233,7 +288,8 @@ impl Validator<'_, '_, '_> {
                 match check_prefix(&text) {
                     Ok(prefix) => Some(PathMatch::Prefix(prefix)),
                     Err(msg) => {
-                        self.diag.error(&value.span(), format!("`prefix` = \"{text}\" {msg}"));
+                        self.diag
+                            .error(&value.span(), format!("`prefix` = \"{text}\" {msg}"));
                         None
                     }
                 }
@@ -254,7 +310,10 @@ impl Validator<'_, '_, '_> {
 
     fn methods(&mut self, value: &Spanned<Vec<Str>>) -> Option<Vec<Method>> {
         if value.get_ref().is_empty() {
-            self.diag.error(&value.span(), "`methods` is empty: list methods like [\"GET\"], or remove the key to allow all");
+            self.diag.error(
+                &value.span(),
+                "`methods` is empty: list methods like [\"GET\"], or remove the key to allow all",
+            );
             return None;
         }
         let mut methods = Vec::new();
@@ -267,7 +326,10 @@ impl Validator<'_, '_, '_> {
                         methods.push(method);
                     }
                 }
-                _ => self.diag.error(&m.span(), format!("\"{text}\" is not an HTTP method: use upper case, like \"GET\"")),
+                _ => self.diag.error(
+                    &m.span(),
+                    format!("\"{text}\" is not an HTTP method: use upper case, like \"GET\""),
+                ),
             }
         }
         Some(methods)
@@ -277,7 +339,10 @@ impl Validator<'_, '_, '_> {
     /// satisfied, so it is an error rather than a route that silently lets everyone in.
     fn auth(&mut self, value: &Option<Str>, route_span: &Range<usize>) -> Option<AuthMode> {
         let Some(value) = value else {
-            self.auth_unavailable(route_span, "this route needs authentication (`auth` defaults to \"required\")");
+            self.auth_unavailable(
+                route_span,
+                "this route needs authentication (`auth` defaults to \"required\")",
+            );
             return None;
         };
         let text = self.string(value)?;
@@ -289,7 +354,10 @@ impl Validator<'_, '_, '_> {
             "optional" => Some(AuthMode::Optional),
             "none" => Some(AuthMode::None),
             _ => {
-                self.diag.error(&value.span(), format!("`auth` = \"{text}\": use \"required\", \"optional\" or \"none\""));
+                self.diag.error(
+                    &value.span(),
+                    format!("`auth` = \"{text}\": use \"required\", \"optional\" or \"none\""),
+                );
                 None
             }
         }
@@ -304,9 +372,10 @@ impl Validator<'_, '_, '_> {
     }
 }
 
-
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A prefix without a trailing slash (except the root), or why it is not a usable prefix.
@@ -315,10 +384,21 @@ fn check_prefix(text: &str) -> Result<String, &'static str> {
         return Err("must start with `/`");
     }
     if text.contains(['{', '}', '?', '#', '%', '\\']) {
-        return Err("must be a literal path without `{`, `}`, `?`, `#`, `%` or `\\`: use `path` for patterns");
+        return Err(
+            "must be a literal path without `{`, `}`, `?`, `#`, `%` or `\\`: use `path` for patterns",
+        );
     }
-    let trimmed = if text == "/" { "/" } else { text.trim_end_matches('/') };
-    if trimmed.is_empty() || trimmed[1..].split('/').any(|s| s.is_empty() || s == "." || s == "..") && trimmed != "/" {
+    let trimmed = if text == "/" {
+        "/"
+    } else {
+        text.trim_end_matches('/')
+    };
+    if trimmed.is_empty()
+        || trimmed[1..]
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+            && trimmed != "/"
+    {
         return Err("must be a normalized path (no `//`, `.` or `..` segments)");
     }
     Ok(trimmed.to_owned())

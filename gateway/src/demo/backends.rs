@@ -50,11 +50,7 @@ pub enum DemoService {
 
 impl DemoService {
     /// Every demo service, in the order `spawn_all` starts them.
-    pub const ALL: [DemoService; 3] = [
-        DemoService::Users,
-        DemoService::Orders,
-        DemoService::Catalog,
-    ];
+    pub const ALL: [DemoService; 3] = [DemoService::Users, DemoService::Orders, DemoService::Catalog];
 
     /// The service's short name: `"users"`, `"orders"` or `"catalog"`.
     pub fn name(self) -> &'static str {
@@ -504,8 +500,7 @@ fn rfc3339_utc(secs: u64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
@@ -955,10 +950,7 @@ mod tests {
     #[test]
     fn orders_reference_existing_users_and_products_and_totals_add_up() {
         for order in &ORDERS {
-            assert!(
-                USERS.iter().any(|user| user.id == order.user_id),
-                "{order:?}"
-            );
+            assert!(USERS.iter().any(|user| user.id == order.user_id), "{order:?}");
             let total: u64 = order
                 .items
                 .iter()
@@ -1006,9 +998,7 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body["error"].is_string());
 
-        let req = http::Request::delete("/users/u1")
-            .body(Body::empty())
-            .unwrap();
+        let req = http::Request::delete("/users/u1").body(Body::empty()).unwrap();
         let (status, _) = send(DemoService::Users, req).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -1047,10 +1037,7 @@ mod tests {
         let (status, body) = get_json(DemoService::Orders, "/orders?userId=u1").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ids(&body), ["o1", "o2"]);
-        assert_eq!(
-            body[0]["items"][0],
-            json!({ "productId": "p1", "quantity": 1 })
-        );
+        assert_eq!(body[0]["items"][0], json!({ "productId": "p1", "quantity": 1 }));
         let (_, body) = get_json(DemoService::Orders, "/orders?userId=u9").await;
         assert_eq!(body, json!([]));
     }
@@ -1198,10 +1185,7 @@ mod tests {
         let mut response = reqwest::get(format!("{}/events?n=3&interval_ms=100", backend.url()))
             .await
             .unwrap();
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "text/event-stream"
-        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
         // The first chunk holds only the first event: it was sent before the rest existed.
         let first = response.chunk().await.unwrap().unwrap();
         assert_eq!(&first[..], b"data: {\"seq\":0}\n\n");

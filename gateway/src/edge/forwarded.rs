@@ -35,14 +35,20 @@ impl ClientAddr {
             // Right to left: each hop appended the address it saw; the first hop we don't trust
             // is as far as the chain can be believed.
             for hop in forwarded_for(headers).rev() {
-                let Ok(hop) = hop.parse::<IpAddr>().map(canonical) else { break };
+                let Ok(hop) = hop.parse::<IpAddr>().map(canonical) else {
+                    break;
+                };
                 ip = hop;
                 if !is_trusted(hop, trusted) {
                     break;
                 }
             }
         }
-        Self { peer, ip, peer_trusted }
+        Self {
+            peer,
+            ip,
+            peer_trusted,
+        }
     }
 }
 
@@ -108,7 +114,10 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+            .collect()
     }
 
     #[test]
@@ -116,7 +125,11 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         let c = ClientAddr::new("203.0.113.9".parse().unwrap(), &h, &[]);
         assert_eq!(c.ip, "203.0.113.9".parse::<IpAddr>().unwrap());
-        let mut h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https"), ("host", "gw")]);
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("host", "gw"),
+        ]);
         set_forwarded_headers(&mut h, &c, &Uri::from_static("/x"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -126,7 +139,10 @@ mod tests {
     #[test]
     fn trusted_proxies_extend_the_chain_and_reveal_the_client() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1"), ("x-forwarded-proto", "https")]);
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let c = ClientAddr::new("10.0.0.2".parse().unwrap(), &h, &trusted);
         // 6.6.6.6 was written by the client itself; 198.51.100.7 is what our proxy saw.
         assert_eq!(c.ip, "198.51.100.7".parse::<IpAddr>().unwrap());

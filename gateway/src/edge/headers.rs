@@ -21,7 +21,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // RFC 9110 counts every Proxy-* header as hop-by-hop, not just the two registered ones.
     if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
         for name in proxy {
             headers.remove(name);
         }

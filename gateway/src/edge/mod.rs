@@ -40,7 +40,9 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
-        Arc::new(Self { snapshot: ArcSwap::from_pointee(snapshot) })
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+        })
     }
 
     /// The active snapshot.
@@ -109,7 +111,11 @@ impl Gateway {
         // Authentication (per route `auth`) and rate limiting plug in here, in that order,
         // before anything reaches a backend.
 
-        let ctx = RequestContext { request_id: request_id.clone(), client, max_body_size };
+        let ctx = RequestContext {
+            request_id: request_id.clone(),
+            client,
+            max_body_size,
+        };
         proxy::forward(route, &path, request, &ctx, deadline).await
     }
 }
@@ -124,11 +130,15 @@ fn reject_ambiguous_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     if let Some(first) = te.next()
         && (te.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
     {
-        return Err(GatewayError::BadRequest("only the chunked transfer-coding is accepted"));
+        return Err(GatewayError::BadRequest(
+            "only the chunked transfer-coding is accepted",
+        ));
     }
     let cl = headers.get_all(CONTENT_LENGTH).iter().count();
     if cl > 1 || (cl == 1 && headers.contains_key(TRANSFER_ENCODING)) {
-        return Err(GatewayError::BadRequest("a request must carry one Content-Length or Transfer-Encoding: chunked"));
+        return Err(GatewayError::BadRequest(
+            "a request must carry one Content-Length or Transfer-Encoding: chunked",
+        ));
     }
     Ok(())
 }

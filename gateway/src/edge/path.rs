@@ -55,9 +55,10 @@ fn is_plainly_normal(path: &str) -> bool {
     if bytes.iter().any(|&b| b == b'%' || b == b'\\' || b == 0) {
         return false;
     }
-    !path[1..].split('/').enumerate().any(|(i, s)| {
-        s == "." || s == ".." || (s.is_empty() && i + 1 < path[1..].split('/').count())
-    })
+    !path[1..]
+        .split('/')
+        .enumerate()
+        .any(|(i, s)| s == "." || s == ".." || (s.is_empty() && i + 1 < path[1..].split('/').count()))
 }
 
 fn decode_segment(raw: &str) -> Result<String, GatewayError> {
@@ -68,9 +69,11 @@ fn decode_segment(raw: &str) -> Result<String, GatewayError> {
         match bytes[i] {
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                let byte = hex
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or(GatewayError::BadRequest("the request path has a malformed percent-escape"))?;
+                let byte =
+                    hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .ok_or(GatewayError::BadRequest(
+                            "the request path has a malformed percent-escape",
+                        ))?;
                 match byte {
                     b'/' | b'\\' => {
                         return Err(GatewayError::BadRequest(
@@ -83,8 +86,16 @@ fn decode_segment(raw: &str) -> Result<String, GatewayError> {
                     }
                     b => {
                         out.push('%');
-                        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0').to_ascii_uppercase());
-                        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0').to_ascii_uppercase());
+                        out.push(
+                            char::from_digit(u32::from(b >> 4), 16)
+                                .unwrap_or('0')
+                                .to_ascii_uppercase(),
+                        );
+                        out.push(
+                            char::from_digit(u32::from(b & 0xf), 16)
+                                .unwrap_or('0')
+                                .to_ascii_uppercase(),
+                        );
                     }
                 }
                 i += 3;
@@ -93,7 +104,10 @@ fn decode_segment(raw: &str) -> Result<String, GatewayError> {
             0 => return Err(GatewayError::BadRequest("the request path has a NUL byte")),
             _ => {
                 // Copy a run of ordinary bytes at once; `raw` is valid UTF-8 and `%`/`\` are ASCII.
-                let end = bytes[i..].iter().position(|&b| matches!(b, b'%' | b'\\' | 0)).map_or(bytes.len(), |p| i + p);
+                let end = bytes[i..]
+                    .iter()
+                    .position(|&b| matches!(b, b'%' | b'\\' | 0))
+                    .map_or(bytes.len(), |p| i + p);
                 out.push_str(&raw[i..end]);
                 i = end;
             }
@@ -116,7 +130,13 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed_unchanged() {
-        for p in ["/", "/api/users", "/api/users/", "/a/b.c/..d/e.", "/x?not-a-query"] {
+        for p in [
+            "/",
+            "/api/users",
+            "/api/users/",
+            "/a/b.c/..d/e.",
+            "/x?not-a-query",
+        ] {
             assert!(matches!(normalize(p).unwrap(), Cow::Borrowed(_)), "{p}");
         }
     }

@@ -15,7 +15,9 @@ pub fn from_request(headers: &HeaderMap) -> HeaderValue {
 
 fn is_sane(id: &[u8]) -> bool {
     (1..=128).contains(&id.len())
-        && id.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'=' | b'+' | b'/' | b'-'))
+        && id.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'=' | b'+' | b'/' | b'-')
+        })
 }
 
 /// A random UUIDv4-formatted id. Ids need to be unique, not unguessable, so a fast PRNG is enough.
@@ -24,7 +26,14 @@ fn generate() -> HeaderValue {
     // Version 4, variant 10xx, as in RFC 9562.
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let hex = format!("{bits:032x}");
-    let id = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("unknown"))
 }
 

@@ -42,11 +42,22 @@ pub async fn forward(
 
     // No body at all (most GETs) means no chunked framing upstream either.
     let body = (!body.is_end_stream()).then(|| reqwest::Body::wrap(body));
-    let outgoing = UpstreamRequest { method: parts.method, path_and_query, headers: parts.headers, body };
-    let response = route.upstream.send(outgoing, deadline).await.map_err(|e| match e {
-        GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge { limit: ctx.max_body_size },
-        other => other,
-    })?;
+    let outgoing = UpstreamRequest {
+        method: parts.method,
+        path_and_query,
+        headers: parts.headers,
+        body,
+    };
+    let response = route
+        .upstream
+        .send(outgoing, deadline)
+        .await
+        .map_err(|e| match e {
+            GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge {
+                limit: ctx.max_body_size,
+            },
+            other => other,
+        })?;
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -61,7 +61,7 @@ impl RouteTable {
         let named: BTreeSet<Method> = routes
             .iter()
             .flat_map(|r| r.config.methods.iter().flatten().cloned())
-            .chain(routes.iter().any(|r| route_allows_get(r)).then_some(Method::HEAD))
+            .chain(routes.iter().any(route_allows_get).then_some(Method::HEAD))
             .collect();
         let mut builders: Vec<(Option<Method>, Builder)> =
             named.into_iter().map(|m| (Some(m), Builder::default())).collect();
@@ -73,7 +73,9 @@ impl RouteTable {
             for (method, builder) in &mut builders {
                 let serves = match (&route.config.methods, &*method) {
                     (None, _) => true,
-                    (Some(ms), Some(m)) => ms.contains(m) || (*m == Method::HEAD && ms.contains(&Method::GET)),
+                    (Some(ms), Some(m)) => {
+                        ms.contains(m) || (*m == Method::HEAD && ms.contains(&Method::GET))
+                    }
                     (Some(_), None) => false,
                 };
                 if !serves {
@@ -83,7 +85,10 @@ impl RouteTable {
                     if let Err(e) = builder.insert(&pattern, index) {
                         let (message, other) = describe(&e, &pattern, builder, method.as_ref(), &routes);
                         if reported.insert((index, other)) {
-                            errors.push(ConfigError { location: route.config.location.clone(), message });
+                            errors.push(ConfigError {
+                                location: route.config.location.clone(),
+                                message,
+                            });
                         }
                     }
                 }
@@ -100,7 +105,11 @@ impl RouteTable {
                 None => other_methods = builder.router,
             }
         }
-        Ok(Self { routes: routes.into_iter().map(Arc::new).collect(), by_method, other_methods })
+        Ok(Self {
+            routes: routes.into_iter().map(Arc::new).collect(),
+            by_method,
+            other_methods,
+        })
     }
 
     /// The route for a request, or 404 / 405 with the methods that would be accepted.
@@ -108,10 +117,17 @@ impl RouteTable {
         if let Ok(m) = self.router_for(method).at(path) {
             return Ok(&self.routes[*m.value]);
         }
-        let allowed: Vec<&str> =
-            self.by_method.iter().filter(|(_, r)| r.at(path).is_ok()).map(|(m, _)| m.as_str()).collect();
+        let allowed: Vec<&str> = self
+            .by_method
+            .iter()
+            .filter(|(_, r)| r.at(path).is_ok())
+            .map(|(m, _)| m.as_str())
+            .collect();
         if allowed.is_empty() {
-            return Err(GatewayError::RouteNotFound { method: method.clone(), path: path.to_owned() });
+            return Err(GatewayError::RouteNotFound {
+                method: method.clone(),
+                path: path.to_owned(),
+            });
         }
         Err(GatewayError::MethodNotAllowed {
             method: method.clone(),
@@ -122,7 +138,10 @@ impl RouteTable {
 
     fn router_for(&self, method: &Method) -> &Router<usize> {
         // A handful of methods: a linear scan beats hashing.
-        self.by_method.iter().find(|(m, _)| m == method).map_or(&self.other_methods, |(_, r)| r)
+        self.by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map_or(&self.other_methods, |(_, r)| r)
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -131,7 +150,11 @@ impl RouteTable {
 }
 
 fn route_allows_get(route: &Route) -> bool {
-    route.config.methods.as_ref().is_some_and(|ms| ms.contains(&Method::GET))
+    route
+        .config
+        .methods
+        .as_ref()
+        .is_some_and(|ms| ms.contains(&Method::GET))
 }
 
 /// One method's router plus which route each inserted pattern belongs to, to name conflicts.
@@ -171,7 +194,13 @@ fn describe(
             let other = builder.owners.get(with).copied();
             let whom = other.map_or_else(
                 || format!("`{with}`"),
-                |o| format!("the route at {} (`{}`)", routes[o].config.location, routes[o].pattern()),
+                |o| {
+                    format!(
+                        "the route at {} (`{}`)",
+                        routes[o].config.location,
+                        routes[o].pattern()
+                    )
+                },
             );
             let method = method.map_or_else(|| "some methods".to_owned(), |m| m.to_string());
             (
@@ -182,7 +211,10 @@ fn describe(
                 other,
             )
         }
-        other => (format!("`path` = \"{pattern}\" is not a valid route pattern: {other}"), None),
+        other => (
+            format!("`path` = \"{pattern}\" is not a valid route pattern: {other}"),
+            None,
+        ),
     }
 }
 
@@ -210,7 +242,11 @@ mod tests {
                 service: "svc".into(),
                 strip_prefix: true,
                 auth: AuthMode::None,
-                location: Location { file: "r.toml".into(), line, column: 1 },
+                location: Location {
+                    file: "r.toml".into(),
+                    line,
+                    column: 1,
+                },
             },
             upstream: upstream(),
         }
@@ -244,7 +280,10 @@ mod tests {
         assert_eq!(line_of(&table, Method::POST, "/api/users/"), Some(4));
         assert_eq!(line_of(&table, Method::GET, "/api/users"), Some(2));
         assert_eq!(line_of(&table, Method::GET, "/apix"), Some(1));
-        assert_eq!(line_of(&table, Method::from_bytes(b"PURGE").unwrap(), "/api/x"), Some(2));
+        assert_eq!(
+            line_of(&table, Method::from_bytes(b"PURGE").unwrap(), "/api/x"),
+            Some(2)
+        );
         assert_eq!(line_of(&table, Method::GET, "/"), Some(1));
     }
 
@@ -259,8 +298,14 @@ mod tests {
             Err(GatewayError::MethodNotAllowed { allow, .. }) => assert_eq!(allow, "GET, HEAD, PUT"),
             other => panic!("expected 405, got {other:?}"),
         }
-        assert!(matches!(table.lookup(&Method::GET, "/nope"), Err(GatewayError::RouteNotFound { .. })));
-        assert!(matches!(table.lookup(&Method::GET, "/adminx"), Err(GatewayError::RouteNotFound { .. })));
+        assert!(matches!(
+            table.lookup(&Method::GET, "/nope"),
+            Err(GatewayError::RouteNotFound { .. })
+        ));
+        assert!(matches!(
+            table.lookup(&Method::GET, "/adminx"),
+            Err(GatewayError::RouteNotFound { .. })
+        ));
     }
 
     #[tokio::test]
@@ -282,10 +327,21 @@ mod tests {
             pattern("/bad/{", None, 11),
         ])
         .unwrap_err();
-        let text: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.location, e.message)).collect();
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.location, e.message))
+            .collect();
         assert_eq!(text.len(), 3, "{text:#?}");
-        assert!(text[0].starts_with("r.toml:5:1: this route overlaps the route at r.toml:1:1 (`/api`)"), "{}", text[0]);
-        assert!(text[1].starts_with("r.toml:9:1: this route overlaps the route at r.toml:7:1"), "{}", text[1]);
+        assert!(
+            text[0].starts_with("r.toml:5:1: this route overlaps the route at r.toml:1:1 (`/api`)"),
+            "{}",
+            text[0]
+        );
+        assert!(
+            text[1].starts_with("r.toml:9:1: this route overlaps the route at r.toml:7:1"),
+            "{}",
+            text[1]
+        );
         assert!(text[2].contains("not a valid route pattern"), "{}", text[2]);
     }
 }

@@ -31,10 +31,20 @@ pub async fn serve(
 ) -> io::Result<()> {
     let server = gateway.snapshot().config.server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_read_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
 
-    let max_connections = if server.max_connections == 0 { Semaphore::MAX_PERMITS } else { server.max_connections };
+    let max_connections = if server.max_connections == 0 {
+        Semaphore::MAX_PERMITS
+    } else {
+        server.max_connections
+    };
     let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -63,7 +73,11 @@ pub async fn serve(
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle(peer, request).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let connection = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -99,7 +113,11 @@ impl RunningServer {
         let task = tokio::spawn(serve(listener, gateway, async {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, stop: Some(stop), task })
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            task,
+        })
     }
 
     pub fn url(&self) -> String {

@@ -52,8 +52,18 @@ impl Upstream {
             // reqwest adds `accept: */*` by default; a proxy must send what the client sent.
             .default_headers(HeaderMap::new())
             .build()?;
-        let instances = config.urls.iter().map(|u| u.as_str().trim_end_matches('/').to_owned()).collect();
-        Ok(Self { name: config.name.clone(), client, instances, next: AtomicUsize::new(0), timeout: config.timeout })
+        let instances = config
+            .urls
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned())
+            .collect();
+        Ok(Self {
+            name: config.name.clone(),
+            client,
+            instances,
+            next: AtomicUsize::new(0),
+            timeout: config.timeout,
+        })
     }
 
     pub fn name(&self) -> &str {
