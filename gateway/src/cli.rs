@@ -37,6 +37,8 @@ pub enum Command {
         #[arg(long, default_value = "routes.toml")]
         config: PathBuf,
     },
+    /// Print the JSON Schema of routes.toml (for editors; the repo keeps it as routes.schema.json).
+    ConfigSchema,
     /// Start the demo backends on loopback and the gateway in front of them.
     Demo {
         #[arg(long)]
@@ -52,6 +54,10 @@ pub fn main(cli: Cli) -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::ConfigSchema => {
+            print!("{}", crate::config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Run { config, listen } => match Snapshot::load(&config, &process_env) {
             Ok(snapshot) => {
                 let workers = snapshot.config.server.worker_threads;

@@ -15,6 +15,7 @@ use std::path::Path;
 pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, Location, Source};
 pub use interpolate::{Env, process_env};
 pub use model::{AuthMode, Config, PathMatch, RouteConfig, ServerConfig, ServiceConfig};
+pub use raw::json_schema;
 pub use validate::parse_size;
 
 /// Reads and validates a config file.
@@ -151,6 +152,25 @@ service = "users"
         );
         let err = parse_str("[[routes]\n").unwrap_err().to_string();
         assert!(err.starts_with("routes.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn the_committed_json_schema_is_current() {
+        let committed = include_str!("../../../routes.schema.json");
+        assert!(
+            json_schema() == committed,
+            "routes.schema.json is stale: run `cargo run -- config-schema > routes.schema.json`"
+        );
+    }
+
+    #[test]
+    fn the_repos_demo_config_is_valid() {
+        let config = parse_str(include_str!("../../../routes.toml")).unwrap();
+        assert_eq!(config.services.len(), 5);
+        assert_eq!(
+            config.service("users").unwrap().urls[0].as_str(),
+            "http://127.0.0.1:9101/users"
+        );
     }
 
     #[test]

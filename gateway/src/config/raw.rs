@@ -3,53 +3,118 @@
 //!
 //! Values that need checking beyond their TOML type (durations, URLs, names) are kept as
 //! `Spanned<String>` and turned into domain types by `validate`, which reports all errors at once.
+//! The doc comments here are also the descriptions of the generated JSON Schema
+//! (`gateway config-schema`, `routes.schema.json`) that editors show.
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
 pub type Str = Spanned<String>;
 
-#[derive(Debug, Default, Deserialize)]
+/// The gateway's route table and settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "routes.toml")]
 pub struct RawConfig {
+    /// The listener and limits that apply to every request.
     #[serde(default)]
+    #[schemars(with = "Option<RawServer>")]
     pub server: Option<Spanned<RawServer>>,
+    /// Named upstream services that routes forward to.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawService>")]
     pub services: BTreeMap<Str, Spanned<RawService>>,
+    /// Routes; the most specific match wins, whatever the order.
     #[serde(default)]
+    #[schemars(with = "Vec<RawRoute>")]
     pub routes: Vec<Spanned<RawRoute>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Server")]
 pub struct RawServer {
+    /// Address to listen on, IP:PORT. Default "127.0.0.1:8080". Needs a restart to change.
+    #[schemars(with = "Option<String>")]
     pub listen: Option<Str>,
+    /// Tokio worker threads; 0 (the default) = one per available core. Needs a restart to change.
+    #[schemars(with = "Option<u32>")]
     pub worker_threads: Option<Spanned<i64>>,
+    /// The whole request until response headers, every upstream attempt included. Default "30s".
+    #[schemars(with = "Option<String>")]
     pub request_timeout: Option<Str>,
+    /// Clients must send their complete request head within this time. Default "10s".
+    #[schemars(with = "Option<String>")]
     pub header_read_timeout: Option<Str>,
+    /// Grace period for in-flight requests on SIGINT/SIGTERM. Default "30s".
+    #[schemars(with = "Option<String>")]
     pub shutdown_timeout: Option<Str>,
+    /// Largest request body, like "10MiB" (the default); 413 beyond it, chunked bodies too.
+    #[schemars(with = "Option<String>")]
     pub max_body_size: Option<Str>,
+    /// Open client connections at most; 0 = unlimited. Default 10000. Needs a restart to change.
+    #[schemars(with = "Option<u32>")]
     pub max_connections: Option<Spanned<i64>>,
+    /// CIDRs or IPs of proxies whose X-Forwarded-* headers are believed. Default none.
+    #[schemars(with = "Option<Vec<String>>")]
     pub trusted_proxies: Option<Vec<Str>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Service")]
 pub struct RawService {
+    /// Instance base URLs, like "http://127.0.0.1:9101" or "http://users:80/v1".
+    #[schemars(with = "Vec<String>", length(min = 1))]
     pub urls: Spanned<Vec<Str>>,
+    /// TCP connect timeout. Default "1s".
+    #[schemars(with = "Option<String>")]
     pub connect_timeout: Option<Str>,
+    /// Per attempt, until response headers; also the longest pause between body chunks. Default "5s".
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Str>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
 pub struct RawRoute {
+    /// Matches this path and everything below it, like "/api/users". Either `prefix` or `path`.
+    #[schemars(with = "Option<String>")]
     pub prefix: Option<Str>,
+    /// A pattern with {param} segments and an optional trailing {*rest}, like "/api/users/{id}".
+    #[schemars(with = "Option<String>")]
     pub path: Option<Str>,
+    /// Methods this route serves, upper case. Default: all. GET also serves HEAD.
+    #[schemars(with = "Option<Vec<String>>")]
     pub methods: Option<Spanned<Vec<Str>>>,
+    /// The [services.NAME] to forward to.
+    #[schemars(with = "String")]
     pub service: Str,
+    /// Forward /api/users/7 as <service base>/7 (prefix routes only). Default false.
+    #[schemars(with = "Option<bool>")]
     pub strip_prefix: Option<Spanned<bool>>,
+    /// "required" (default) | "optional" | "none".
+    #[schemars(with = "Option<AuthModeSchema>")]
     pub auth: Option<Str>,
+}
+
+/// Whether callers must be authenticated. (Schema only: validation reads the string.)
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "Auth")]
+#[allow(dead_code)]
+enum AuthModeSchema {
+    Required,
+    Optional,
+    None,
+}
+
+/// The JSON Schema of `routes.toml`, pretty-printed.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawConfig);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
