@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{self, Config, ConfigError, ConfigErrors, Env};
+use crate::config::{self, Checked, Config, ConfigError, ConfigErrors, Env};
 use crate::routing::{Route, RouteTable};
 use crate::upstream::Upstream;
 
@@ -17,15 +17,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads, validates and builds: the single path from a file to a servable snapshot.
+    /// Reads, validates and builds: the single path from a file to a servable snapshot. Every
+    /// problem is reported at once, route conflicts among the routes that validated included.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Self, ConfigErrors> {
-        let (_source, config) = config::load(path, env)?;
-        Self::build(config)
+        let checked = config::load(path, env)?;
+        Self::build_checked(checked)
     }
 
     /// Builds the upstream clients and the route table of a validated config.
     pub fn build(config: Config) -> Result<Self, ConfigErrors> {
-        let mut errors = Vec::new();
+        Self::build_checked(Checked {
+            config,
+            errors: Vec::new(),
+        })
+    }
+
+    fn build_checked(checked: Checked) -> Result<Self, ConfigErrors> {
+        let Checked { config, mut errors } = checked;
         let mut upstreams = Vec::with_capacity(config.services.len());
         for service in &config.services {
             match Upstream::new(service) {
@@ -39,31 +47,28 @@ impl Snapshot {
                 }),
             }
         }
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for route in &config.routes {
-            // Validation guarantees the service exists; an upstream that failed to build is
-            // already reported above.
-            if let Some(upstream) = upstreams.iter().find(|u| u.name() == route.service) {
-                routes.push(Route {
+        // Routes whose service is unknown (already reported) are left out of the table.
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|route| {
+                let upstream = upstreams.iter().find(|u| u.name() == route.service)?;
+                Some(Route {
                     config: route.clone(),
                     upstream: upstream.clone(),
-                });
-            }
-        }
-        let routes = RouteTable::build(routes).map_err(|mut route_errors| {
-            route_errors.append(&mut errors);
-            route_errors
-        });
-        match routes {
+                })
+            })
+            .collect();
+        match RouteTable::build(routes) {
             Ok(routes) if errors.is_empty() => Ok(Self {
                 config,
                 routes,
                 upstreams,
             }),
-            Ok(_) => Err(ConfigErrors(errors)),
-            Err(mut all) => {
-                all.sort_by_key(|e| (e.location.line, e.location.column));
-                Err(ConfigErrors(all))
+            Ok(_) => Err(ConfigErrors::sorted(errors)),
+            Err(route_errors) => {
+                errors.extend(route_errors);
+                Err(ConfigErrors::sorted(errors))
             }
         }
     }

@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 /// A gateway serving `toml` (with `{NAME}` placeholders already filled in by the caller).
 pub async fn gateway(toml: &str) -> RunningServer {
     let source = Source::new("routes.toml", toml);
-    let config = parse(&source, &|_| None).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    let config = parse(&source, &|_| None)
+        .and_then(|checked| checked.into_result())
+        .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     let snapshot = Snapshot::build(config).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     RunningServer::start(Gateway::new(snapshot), "127.0.0.1:0".parse().unwrap())
         .await

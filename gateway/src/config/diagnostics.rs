@@ -86,6 +86,19 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl ConfigErrors {
+    /// In file order (then by position), without duplicates.
+    pub fn sorted(mut errors: Vec<ConfigError>) -> Self {
+        errors.sort_by(|a, b| {
+            (&a.location.file, a.location.line, a.location.column).cmp(&(
+                &b.location.file,
+                b.location.line,
+                b.location.column,
+            ))
+        });
+        errors.dedup();
+        Self(errors)
+    }
+
     /// An error about a file as a whole (unreadable, say), located at its start.
     pub fn whole_file(file: &str, message: impl Into<String>) -> Self {
         let location = Location {
@@ -134,18 +147,8 @@ impl<'s> Diagnostics<'s> {
         });
     }
 
-    pub fn has_errors(&self) -> bool {
-        !self.errors.is_empty()
-    }
-
-    /// `Ok(value)` when nothing was reported, else every error sorted by position.
-    pub fn finish<T>(mut self, value: T) -> Result<T, ConfigErrors> {
-        if self.errors.is_empty() {
-            return Ok(value);
-        }
-        self.errors.sort_by_key(|e| (e.location.line, e.location.column));
-        self.errors.dedup();
-        Err(ConfigErrors(self.errors))
+    pub fn into_errors(self) -> Vec<ConfigError> {
+        self.errors
     }
 }
 

@@ -18,30 +18,51 @@ pub use model::{AuthMode, Config, PathMatch, RouteConfig, ServerConfig, ServiceC
 pub use raw::json_schema;
 pub use validate::parse_size;
 
-/// Reads and validates a config file.
-pub fn load(path: &Path, env: Env<'_>) -> Result<(Source, Config), ConfigErrors> {
+/// A config and the problems found in it. `config` holds everything that validated, so later
+/// stages (the route table) can still look for their own errors and report them in the same run.
+#[derive(Debug)]
+pub struct Checked {
+    pub config: Config,
+    pub errors: Vec<ConfigError>,
+}
+
+impl Checked {
+    /// The config if it had no errors, else all of them in file order.
+    pub fn into_result(self) -> Result<Config, ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(self.config)
+        } else {
+            Err(ConfigErrors::sorted(self.errors))
+        }
+    }
+}
+
+/// Reads and validates a config file. `Err` only when the file cannot be read or is not TOML of
+/// the right shape; every other problem is in [`Checked::errors`].
+pub fn load(path: &Path, env: Env<'_>) -> Result<Checked, ConfigErrors> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::whole_file(&name, format!("cannot read the config file: {e}")))?;
-    let source = Source::new(name, text);
-    let config = parse(&source, env)?;
-    Ok((source, config))
+    parse(&Source::new(name, text), env)
 }
 
-/// Parses and validates config text. All errors are reported at once, except that a file TOML
-/// cannot parse (syntax, an unknown key, a wrong type) stops at its first such error.
-pub fn parse(source: &Source, env: Env<'_>) -> Result<Config, ConfigErrors> {
+/// Parses and validates config text. A file TOML cannot parse (syntax, an unknown key, a wrong
+/// type) stops at its first such error; everything else is collected.
+pub fn parse(source: &Source, env: Env<'_>) -> Result<Checked, ConfigErrors> {
     let mut diag = Diagnostics::new(source);
     let raw: raw::RawConfig = match toml::from_str(&source.text) {
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
             diag.error(&span, e.message().trim_end().to_owned());
-            return diag.finish(Config::default());
+            return Err(ConfigErrors::sorted(diag.into_errors()));
         }
     };
     let config = validate::validate(raw, env, &mut diag);
-    diag.finish(config)
+    Ok(Checked {
+        config,
+        errors: diag.into_errors(),
+    })
 }
 
 #[cfg(test)]
@@ -53,7 +74,7 @@ mod tests {
     }
 
     fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
-        parse(&Source::new("routes.toml", text), &no_env)
+        parse(&Source::new("routes.toml", text), &no_env).and_then(Checked::into_result)
     }
 
     #[test]

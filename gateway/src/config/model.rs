@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::Method;
 use ipnet::IpNet;
-use reqwest::Url;
+use url::Url;
 
 use super::Location;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use http::Method;
 use ipnet::IpNet;
-use reqwest::Url;
 use serde_spanned::Spanned;
+use url::Url;
 
 use super::diagnostics::Diagnostics;
 use super::interpolate::{Env, interpolate};

@@ -6,7 +6,7 @@
 use axum::body::Body;
 use http::{Request, Response};
 use http_body::Body as _;
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -41,7 +41,7 @@ pub async fn forward(
     headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
 
     // No body at all (most GETs) means no chunked framing upstream either.
-    let body = (!body.is_end_stream()).then(|| reqwest::Body::wrap(body));
+    let body = (!body.is_end_stream()).then(|| body.map_err(Into::into).boxed_unsync());
     let outgoing = UpstreamRequest {
         method: parts.method,
         path_and_query,

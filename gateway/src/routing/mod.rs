@@ -202,7 +202,7 @@ fn describe(
                     )
                 },
             );
-            let method = method.map_or_else(|| "some methods".to_owned(), |m| m.to_string());
+            let method = method.map_or_else(|| "any method on".to_owned(), |m| m.to_string());
             (
                 format!(
                     "this route overlaps {whom}: both would serve {method} {}; give them different paths or methods",

@@ -1,0 +1,650 @@
+//! The command line end to end (SPEC.md "Command line"): the real `gateway-cli` binary as a child
+//! process. `check` reports every config error at once with `file:line:column`, `run` refuses an
+//! invalid config and drains in-flight requests on SIGTERM, `demo` serves the bundled backends,
+//! and big bodies stream through the binary in flat memory.
+
+mod common;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use common::{USERS, client, demo, error_body};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway-cli");
+
+/// How long a child may take to start listening or to exit on its own.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+/// A config file under the temp dir with a unique name, removed on drop.
+struct TempConfig {
+    path: PathBuf,
+}
+
+impl TempConfig {
+    fn new(text: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("gateway-cli-test-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        Self { path }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The name the gateway uses for this file in its error messages.
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A running `gateway-cli` child whose output is collected in the background. Dropping it kills
+/// the process, so no test leaves one behind, whatever path it takes.
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+fn collect(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (polling) until the process exits on its own, at most `limit`.
+    fn wait_blocking(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.join_readers();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`Proc::wait_blocking`] for async tests.
+    async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.join_readers();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the process and returns everything it printed (stdout, stderr).
+    fn stop(&mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.join_readers();
+        (self.stdout(), self.stderr())
+    }
+
+    /// Once the process is gone its pipes close, so the readers end and all output is in.
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
+    /// Polls until the process accepts TCP connections on `addr`; panics (with its stderr) if it
+    /// exits first or is not listening within [`START_DEADLINE`].
+    async fn wait_ready(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.join_readers();
+                panic!(
+                    "the gateway exited ({status}) before listening:\n{}",
+                    self.stderr()
+                );
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway is not listening on {addr} after {START_DEADLINE:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address nothing listens on right now: bind port 0, read the port, close.
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Runs `gateway-cli check --config <path>` to the end (bounded); returns (status, stdout, stderr).
+fn check(path: &Path, env_remove: &[&str]) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check").arg("--config").arg(path);
+    for name in env_remove {
+        cmd.env_remove(name);
+    }
+    let mut proc = Proc::spawn(cmd);
+    let status = proc
+        .wait_blocking(START_DEADLINE)
+        .unwrap_or_else(|| panic!("`check` did not finish within {START_DEADLINE:?}"));
+    (status, proc.stdout(), proc.stderr())
+}
+
+/// `gateway-cli run --config <config> --listen <addr>`.
+fn run(config: &TempConfig, addr: SocketAddr) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config.path())
+        .arg("--listen")
+        .arg(addr.to_string());
+    Proc::spawn(cmd)
+}
+
+/// One all-method, no-auth route `/` to service `svc` at `url`, with extra `[server]` settings.
+fn config_for(url: &str, server: &str) -> String {
+    format!(
+        r#"[server]
+shutdown_timeout = "10s"
+{server}
+
+[services.svc]
+urls = ["{url}"]
+timeout = "5s"
+
+[[routes]]
+prefix = "/"
+service = "svc"
+auth = "none"
+"#
+    )
+}
+
+fn assert_has_line(stderr: &str, want: &str) {
+    assert!(
+        stderr.lines().any(|line| line.starts_with(want)),
+        "expected a line starting with {want:?} in:\n{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// check
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let config = TempConfig::new(&config_for("http://127.0.0.1:9101", ""));
+    let (status, stdout, stderr) = check(config.path(), &[]);
+    assert_eq!(status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("OK"), "stdout:\n{stdout}");
+    assert!(!stderr.contains("error"), "stderr:\n{stderr}");
+}
+
+/// Every problem in the file at once, each at its own `file:line:column`, then a count.
+#[test]
+fn check_reports_every_error_at_once_with_its_location() {
+    let config = TempConfig::new(
+        r#"[server]
+shutdown_timeout = "10s"
+
+[services.svc]
+urls = ["http://127.0.0.1:9101"]
+timeout = "soon"
+
+[services.broken]
+urls = ["not a url"]
+
+[[routes]]
+prefix = "/api"
+service = "nope"
+auth = "none"
+
+[[routes]]
+prefix = "/dup"
+service = "svc"
+auth = "none"
+
+[[routes]]
+prefix = "/dup"
+service = "svc"
+auth = "none"
+"#,
+    );
+    let (status, stdout, stderr) = check(config.path(), &[]);
+    assert_eq!(status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let name = config.name();
+    for want in [
+        format!("{name}:6:11: error: `timeout` = \"soon\" is not a duration"),
+        format!("{name}:9:9: error: \"not a url\" is not a URL"),
+        format!("{name}:13:11: error: unknown service \"nope\""),
+        format!("{name}:21:1: error: this route overlaps the route at {name}:16:1"),
+    ] {
+        assert_has_line(&stderr, &want);
+    }
+    assert!(stderr.contains("4 errors found"), "stderr:\n{stderr}");
+    assert!(!stdout.contains("OK"), "stdout:\n{stdout}");
+}
+
+/// Routes that would serve the same requests are a located error (alone in the file).
+#[test]
+fn check_reports_overlapping_routes() {
+    let config = TempConfig::new(
+        r#"[services.svc]
+urls = ["http://127.0.0.1:9101"]
+
+[[routes]]
+prefix = "/dup"
+service = "svc"
+auth = "none"
+
+[[routes]]
+prefix = "/dup"
+service = "svc"
+auth = "none"
+"#,
+    );
+    let (status, _, stderr) = check(config.path(), &[]);
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    let name = config.name();
+    assert_has_line(
+        &stderr,
+        &format!("{name}:9:1: error: this route overlaps the route at {name}:4:1"),
+    );
+    assert!(stderr.contains("1 error found"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn check_points_at_unknown_keys_and_syntax_errors() {
+    let config = TempConfig::new("[server]\nlisten = \"127.0.0.1:8080\"\nlisen = \"127.0.0.1:9090\"\n");
+    let (status, _, stderr) = check(config.path(), &[]);
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    assert_has_line(
+        &stderr,
+        &format!("{}:3:1: error: unknown field `lisen`", config.name()),
+    );
+    assert!(stderr.contains("1 error found"), "stderr:\n{stderr}");
+
+    let config = TempConfig::new("[[routes]\nprefix = \"/\"\n");
+    let (status, _, stderr) = check(config.path(), &[]);
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    assert_has_line(&stderr, &format!("{}:1:10: error: ", config.name()));
+}
+
+#[test]
+fn check_of_a_missing_file_says_it_cannot_be_read() {
+    let path = std::env::temp_dir().join(format!("gateway-cli-test-{}-missing.toml", std::process::id()));
+    let (status, stdout, stderr) = check(&path, &[]);
+    assert_eq!(status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string()) && stderr.contains("cannot read the config file"),
+        "stderr:\n{stderr}"
+    );
+    assert!(!stdout.contains("OK"), "stdout:\n{stdout}");
+}
+
+#[test]
+fn check_names_an_unset_environment_variable() {
+    const VAR: &str = "GATEWAY_CLI_TEST_UNSET_URL";
+    let config = TempConfig::new(&config_for(&format!("${{{VAR}}}"), ""));
+    let (status, _, stderr) = check(config.path(), &[VAR]);
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    // `urls = ["${...}"]` is line 6; the string starts at column 9.
+    assert_has_line(
+        &stderr,
+        &format!(
+            "{}:6:9: error: environment variable {VAR} is not set",
+            config.name()
+        ),
+    );
+
+    // With a default the same file is valid.
+    let config = TempConfig::new(&config_for(&format!("${{{VAR}:-http://127.0.0.1:9101}}"), ""));
+    let (status, stdout, stderr) = check(config.path(), &[VAR]);
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stdout.contains("OK"), "stdout:\n{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// run
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_refuses_an_invalid_config_without_serving() {
+    let config = TempConfig::new(
+        r#"[services.svc]
+urls = ["http://127.0.0.1:9101"]
+
+[[routes]]
+prefix = "/"
+service = "nope"
+auth = "none"
+"#,
+    );
+    let addr = free_addr();
+    let mut proc = run(&config, addr);
+    let status = proc
+        .wait(START_DEADLINE)
+        .await
+        .unwrap_or_else(|| panic!("`run` with an invalid config kept running:\n{}", proc.stderr()));
+    let stderr = proc.stderr();
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+    assert_has_line(
+        &stderr,
+        &format!("{}:6:11: error: unknown service \"nope\"", config.name()),
+    );
+    assert!(stderr.contains("1 error found"), "stderr:\n{stderr}");
+    assert!(!stderr.contains("listening"), "it started serving:\n{stderr}");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// SIGTERM: the listener closes at once (new connections are refused) while the request in
+/// flight still gets its answer, then the process exits successfully on its own.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
+    let (arrived_tx, mut arrived) = mpsc::channel::<()>(1);
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
+    let backend = common::serve(Router::new().route(
+        "/slow",
+        get(move || {
+            let arrived_tx = arrived_tx.clone();
+            let held = held.clone();
+            async move {
+                let _ = arrived_tx.send(()).await;
+                held.notified().await;
+                "done"
+            }
+        }),
+    ))
+    .await;
+
+    let config = TempConfig::new(&config_for(&backend, ""));
+    let addr = free_addr();
+    let mut proc = run(&config, addr);
+    proc.wait_ready(addr).await;
+
+    let in_flight = tokio::spawn(async move {
+        let response = client().get(format!("http://{addr}/slow")).send().await?;
+        let status = response.status();
+        Ok::<_, reqwest::Error>((status, response.text().await?))
+    });
+    tokio::time::timeout(START_DEADLINE, arrived.recv())
+        .await
+        .expect("the request never reached the backend")
+        .unwrap();
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // The request is still held by the backend: the gateway must stop accepting anyway.
+    let deadline = Instant::now() + START_DEADLINE;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting connections {START_DEADLINE:?} after SIGTERM:\n{}",
+            proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        proc.child.try_wait().unwrap().is_none(),
+        "the gateway exited with a request in flight:\n{}",
+        proc.stderr()
+    );
+
+    release.notify_one();
+    let (status, body) = tokio::time::timeout(START_DEADLINE, in_flight)
+        .await
+        .expect("the in-flight request did not finish")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the in-flight request failed: {e}\n{}", proc.stderr()));
+    assert_eq!(status, 200);
+    assert_eq!(body, "done");
+
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a new connection was accepted after the drain"
+    );
+    let exit = proc
+        .wait(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|| panic!("the gateway did not exit after draining:\n{}", proc.stderr()));
+    assert!(exit.success(), "exit status {exit}:\n{}", proc.stderr());
+}
+
+// ---------------------------------------------------------------------------------------------
+// demo
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_the_bundled_backends_through_the_repos_routes() {
+    let addr = free_addr();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("demo")
+        .arg("--listen")
+        .arg(addr.to_string());
+    for name in ["USERS_URL", "ORDERS_URL", "CATALOG_URL"] {
+        cmd.env_remove(name);
+    }
+    let mut proc = Proc::spawn(cmd);
+    proc.wait_ready(addr).await;
+    let gw = format!("http://{addr}");
+    let c = client();
+
+    let r = c.get(format!("{gw}/api/users")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let users: Value = r.json().await.unwrap();
+    let users = users.as_array().expect("a JSON array of users");
+    assert!(users.iter().any(|u| u["id"] == "u1"), "{users:?}");
+
+    let r = c.get(format!("{gw}/api/users/u1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ada: Value = r.json().await.unwrap();
+    assert_eq!(
+        ada,
+        serde_json::json!({
+            "id": "u1",
+            "name": "Ada Lovelace",
+            "email": "ada@example.com",
+            "createdAt": "2024-01-15T09:30:00Z",
+        })
+    );
+
+    let r = c.get(format!("{gw}/api/orders?userId=u1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let orders: Value = r.json().await.unwrap();
+    let orders = orders.as_array().expect("a JSON array of orders");
+    let ids: Vec<&str> = orders.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["o1", "o2"]);
+    assert!(orders.iter().all(|o| o["userId"] == "u1"), "{orders:?}");
+
+    let r = c.get(format!("{gw}/nope")).send().await.unwrap();
+    let body = error_body(r, 404, "ROUTE_NOT_FOUND").await;
+    assert_eq!(body["error"]["message"], "no route for GET /nope");
+
+    let (stdout, stderr) = proc.stop();
+    assert!(
+        stdout.contains(&gw),
+        "the gateway URL {gw} is not printed:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Big bodies
+// ---------------------------------------------------------------------------------------------
+
+/// The peak resident set size of a process, in bytes.
+#[cfg(target_os = "linux")]
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+/// 512 MiB up and 512 MiB down through the real binary, which must stream rather than buffer.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn big_bodies_stream_through_the_binary_in_flat_memory() {
+    const SIZE: u64 = 512 << 20;
+    const CHUNK: usize = 1 << 20;
+    const LIMIT: u64 = 150 << 20;
+
+    let users = demo(USERS).await;
+    // Generous timeouts: a debug build moving 1 GiB is slow, and speed is not what this checks.
+    let config = TempConfig::new(&format!(
+        r#"[server]
+max_body_size = "2GiB"
+request_timeout = "600s"
+
+[services.svc]
+urls = ["{}"]
+timeout = "600s"
+
+[[routes]]
+prefix = "/"
+service = "svc"
+auth = "none"
+"#,
+        users.url()
+    ));
+    let addr = free_addr();
+    let mut proc = run(&config, addr);
+    proc.wait_ready(addr).await;
+    let c = client();
+
+    let chunk = Bytes::from(vec![b'u'; CHUNK]);
+    let chunks = futures_util::stream::iter(
+        (0..SIZE / CHUNK as u64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
+    let r = c
+        .post(format!("http://{addr}/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let uploaded: Value = r.json().await.unwrap();
+    assert_eq!(uploaded["bytes"], SIZE, "{uploaded}");
+
+    let r = c
+        .get(format!("http://{addr}/bytes?size={SIZE}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut total: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        total += chunk.unwrap().len() as u64;
+    }
+    assert_eq!(total, SIZE);
+
+    let peak = peak_rss(proc.pid());
+    assert!(
+        peak < LIMIT,
+        "the gateway's peak RSS was {} MiB after moving 1 GiB of bodies (limit {} MiB): bodies are buffered",
+        peak >> 20,
+        LIMIT >> 20
+    );
+    proc.stop();
+}
