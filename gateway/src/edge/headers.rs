@@ -5,6 +5,10 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// Removes hop-by-hop headers, including the ones a `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Fast path: most messages carry none, and one scan of the keys is cheaper than ten removes.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Names listed in Connection are hop-by-hop too; collect them before removing Connection.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -30,6 +34,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
 const HOP_BY_HOP: [HeaderName; 9] = [

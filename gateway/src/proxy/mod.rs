@@ -27,11 +27,6 @@ pub async fn forward(
     deadline: Instant,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = request.into_parts();
-    let forward_path = route.forward_path(path);
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{forward_path}?{q}"),
-        None => forward_path.to_owned(),
-    };
 
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -44,7 +39,8 @@ pub async fn forward(
     let body = (!body.is_end_stream()).then(|| body.map_err(Into::into).boxed_unsync());
     let outgoing = UpstreamRequest {
         method: parts.method,
-        path_and_query,
+        path: route.forward_path(path),
+        query: parts.uri.query(),
         headers: parts.headers,
         body,
     };

@@ -24,16 +24,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
-use tower_http::timeout::TimeoutBody;
+
+mod idle_timeout;
 
 use crate::config::ServiceConfig;
+pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
 use crate::error::GatewayError;
 
 /// Any request body the gateway sends upstream (a client's streamed body, or one it built).
 pub type UpstreamBody = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
 
 /// A streamed upstream response body, cut off when the backend stalls between chunks.
-pub type UpstreamResponseBody = TimeoutBody<Incoming>;
+pub type UpstreamResponseBody = IdleTimeout<Incoming>;
 
 /// A service's instances and the client that reaches them.
 #[derive(Debug)]
@@ -54,11 +56,13 @@ struct Instance {
     base_path: String,
 }
 
-/// What to send: the path is already normalized and carries the query.
+/// What to send: the path is already normalized; the query goes as it came.
 #[derive(Debug)]
-pub struct UpstreamRequest {
+pub struct UpstreamRequest<'a> {
     pub method: Method,
-    pub path_and_query: String,
+    /// The path under the instance's base path ("" for the base path itself).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
     pub headers: HeaderMap,
     pub body: Option<UpstreamBody>,
 }
@@ -124,10 +128,10 @@ impl Upstream {
     /// (SSE, downloads) live on while a backend that stalls mid-body is cut off.
     pub async fn send(
         &self,
-        request: UpstreamRequest,
+        request: UpstreamRequest<'_>,
         deadline: Instant,
     ) -> Result<Response<UpstreamResponseBody>, GatewayError> {
-        let uri = self.uri(&request.path_and_query)?;
+        let uri = self.uri(request.path, request.query)?;
         let body = request
             .body
             .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed_unsync());
@@ -137,7 +141,7 @@ impl Upstream {
         *outgoing.headers_mut() = request.headers;
         let attempt_deadline = deadline.min(Instant::now() + self.timeout);
         match tokio::time::timeout_at(attempt_deadline, self.client.request(outgoing)).await {
-            Ok(Ok(response)) => Ok(response.map(|body| TimeoutBody::new(self.timeout, body))),
+            Ok(Ok(response)) => Ok(response.map(|body| IdleTimeout::new(body, self.timeout))),
             Ok(Err(e)) => Err(self.classify(&e)),
             Err(_) => {
                 tracing::warn!(service = %self.name, "upstream timed out");
@@ -146,17 +150,22 @@ impl Upstream {
         }
     }
 
-    fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+    fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
         // Round robin; load balancing strategies arrive with the resilience issue.
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.instances.len().max(1);
         let instance = self.instances.get(i).ok_or(GatewayError::UpstreamUnavailable)?;
-        let mut pq = String::with_capacity(instance.base_path.len() + path_and_query.len() + 1);
+        let query_len = query.map_or(0, |q| q.len() + 1);
+        let mut pq = String::with_capacity(instance.base_path.len() + path.len() + query_len + 1);
         pq.push_str(&instance.base_path);
-        if !path_and_query.starts_with('/') && pq.is_empty() {
+        if !path.starts_with('/') && pq.is_empty() {
             // A stripped route with nothing left, on an instance without a base path.
             pq.push('/');
         }
-        pq.push_str(path_and_query);
+        pq.push_str(path);
+        if let Some(query) = query {
+            pq.push('?');
+            pq.push_str(query);
+        }
         let pq = PathAndQuery::from_maybe_shared(Bytes::from(pq))
             .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
         Uri::builder()
