@@ -5,7 +5,7 @@
 //! for clients: they never carry upstream addresses, internal errors or key material.
 
 use axum::body::Body;
-use http::header::{ALLOW, CONTENT_TYPE};
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Response, StatusCode};
 
 /// Everything the gateway itself can answer with instead of an upstream response.
@@ -27,6 +27,62 @@ pub enum GatewayError {
     UpstreamUnavailable,
     #[error("the upstream service did not answer in time")]
     UpstreamTimeout,
+    /// No credentials, or credentials that failed a check; the reason says which, in plain words.
+    #[error("{reason}")]
+    Unauthenticated { reason: AuthFailure },
+    #[error("this route needs the scopes: {}", missing.join(" "))]
+    Forbidden { missing: Vec<String> },
+    /// The keys that would verify the token cannot be fetched right now (identity provider down
+    /// since startup): the token may well be valid, so this is not a 401.
+    #[error("the keys to verify this token are not available yet; retry shortly")]
+    AuthUnavailable,
+}
+
+/// Why a caller is not authenticated. Never carries the token or any part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("this route needs credentials: a bearer token in Authorization or an API key")]
+    Missing,
+    #[error("send one Authorization header with one credential")]
+    Ambiguous,
+    #[error("the Authorization header must use the Bearer scheme")]
+    NotBearer,
+    #[error("the token is too large")]
+    TooLarge,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    #[error("the token names a critical header extension the gateway does not support")]
+    Critical,
+    #[error("the token's signing key is unknown")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token's issuer is not accepted")]
+    Issuer,
+    #[error("the token's audience is not accepted")]
+    Audience,
+    #[error("the token lacks a required claim or has a claim of the wrong type")]
+    Claims,
+    #[error("the API key is not valid")]
+    ApiKey,
+}
+
+impl AuthFailure {
+    /// RFC 6750 §3.1: a request without any credentials gets a challenge without an error code.
+    fn challenge(self) -> HeaderValue {
+        match self {
+            Self::Missing => HeaderValue::from_static("Bearer realm=\"gateway\""),
+            _ => HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_token\""),
+        }
+    }
 }
 
 impl GatewayError {
@@ -38,6 +94,9 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -50,6 +109,9 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::Unauthenticated { .. } => "UNAUTHENTICATED",
+            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::AuthUnavailable => "AUTH_UNAVAILABLE",
         }
     }
 
@@ -76,8 +138,26 @@ impl GatewayError {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Self::MethodNotAllowed { allow, .. } = self {
-            headers.insert(ALLOW, allow.clone());
+        match self {
+            Self::MethodNotAllowed { allow, .. } => {
+                headers.insert(ALLOW, allow.clone());
+            }
+            Self::Unauthenticated { reason } => {
+                headers.insert(WWW_AUTHENTICATE, reason.challenge());
+            }
+            Self::Forbidden { missing } => {
+                let challenge = format!(
+                    "Bearer realm=\"gateway\", error=\"insufficient_scope\", scope=\"{}\"",
+                    missing.join(" ")
+                );
+                if let Ok(v) = HeaderValue::try_from(challenge) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+            }
+            Self::AuthUnavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
         }
         response
     }

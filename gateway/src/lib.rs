@@ -4,6 +4,7 @@
 //! `config` reads `routes.toml`, `snapshot` turns a config into what requests run on, `error` is
 //! the one place errors become responses, `cli` is the `gateway` command and `demo` its demo.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::auth::Authenticator;
 use crate::config::{self, Checked, Config, ConfigError, ConfigErrors, Env};
 use crate::routing::{Route, RouteTable};
 use crate::upstream::Upstream;
@@ -14,6 +15,7 @@ pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
     pub upstreams: Vec<Arc<Upstream>>,
+    pub auth: Authenticator,
 }
 
 impl Snapshot {
@@ -47,6 +49,10 @@ impl Snapshot {
                 }),
             }
         }
+        let auth = Authenticator::new(&config.auth).map_err(|e| ConfigError {
+            location: Default::default(),
+            message: format!("cannot create the HTTP client for `jwks_url`: {e}"),
+        });
         // Routes whose service is unknown (already reported) are left out of the table.
         let routes = config
             .routes
@@ -59,17 +65,24 @@ impl Snapshot {
                 })
             })
             .collect();
-        match RouteTable::build(routes) {
-            Ok(routes) if errors.is_empty() => Ok(Self {
+        let auth = auth.map_err(|e| errors.push(e)).ok();
+        match (RouteTable::build(routes), auth) {
+            (Ok(routes), Some(auth)) if errors.is_empty() => Ok(Self {
                 config,
                 routes,
                 upstreams,
+                auth,
             }),
-            Ok(_) => Err(ConfigErrors::sorted(errors)),
-            Err(route_errors) => {
+            (Ok(_), _) => Err(ConfigErrors::sorted(errors)),
+            (Err(route_errors), _) => {
                 errors.extend(route_errors);
                 Err(ConfigErrors::sorted(errors))
             }
         }
+    }
+
+    /// Starts the snapshot's background work (JWKS refresh); it stops when the snapshot is dropped.
+    pub fn start(&self) {
+        self.auth.start();
     }
 }

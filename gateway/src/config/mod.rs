@@ -14,7 +14,10 @@ use std::path::Path;
 
 pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, Location, Source};
 pub use interpolate::{Env, process_env};
-pub use model::{AuthMode, Config, PathMatch, RouteConfig, ServerConfig, ServiceConfig};
+pub use model::{
+    ApiKeyConfig, AuthConfig, AuthMode, Config, JwksConfig, JwtConfig, PathMatch, RouteConfig, ServerConfig,
+    ServiceConfig, StaticKey,
+};
 pub use raw::json_schema;
 pub use validate::parse_size;
 
@@ -160,6 +163,119 @@ service = "users"
         for (line, want) in lines.iter().zip(expect) {
             assert!(line.starts_with(want), "{line:?} should start with {want:?}");
         }
+    }
+
+    const SVC: &str = "[services.s]\nurls = [\"http://127.0.0.1:1\"]\n";
+
+    #[test]
+    fn auth_config_parses() {
+        let config = parse_str(&format!(
+            r#"{SVC}
+[auth]
+api_key_header = "X-Partner-Key"
+forward_authorization = false
+[auth.jwt]
+issuers = ["https://id.example.com"]
+audiences = ["gateway"]
+leeway = "10s"
+jwks_url = "https://id.example.com/.well-known/jwks.json?v=1"
+[[auth.jwt.keys]]
+kid = "local-1"
+algorithm = "HS256"
+secret = "0123456789abcdef0123456789abcdef"
+[auth.jwt.forward]
+"x-user-id" = "sub"
+[[auth.api_keys]]
+id = "partner-a"
+sha256 = "{}"
+scopes = ["catalog:read"]
+
+[[routes]]
+prefix = "/a"
+service = "s"
+scopes = ["orders:read"]
+"#,
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        let jwt = config.auth.jwt.as_ref().unwrap();
+        assert_eq!(jwt.leeway, std::time::Duration::from_secs(10));
+        assert_eq!(jwt.keys[0].algorithm, jsonwebtoken::Algorithm::HS256);
+        assert_eq!(jwt.jwks.as_ref().unwrap().refresh, JwksConfig::DEFAULT_REFRESH);
+        assert_eq!(config.auth.api_key_header.as_str(), "x-partner-key");
+        assert!(!config.auth.forward_authorization);
+        assert_eq!(config.auth.forward[0].0.as_str(), "x-user-id");
+        assert_eq!(config.auth.api_keys[0].sha256, [0xab; 32]);
+        assert_eq!(config.routes[0].auth, AuthMode::Required);
+        assert_eq!(config.routes[0].scopes, ["orders:read"]);
+        // Key material never shows in Debug output (logs, admin API).
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn auth_errors_are_reported_with_positions() {
+        let errors = parse_str(&format!(
+            r#"{SVC}
+[auth.jwt]
+issuers = []
+[[auth.jwt.keys]]
+kid = "k"
+algorithm = "none"
+[[auth.jwt.keys]]
+kid = "short"
+algorithm = "HS256"
+secret = "too short"
+[[auth.jwt.keys]]
+kid = "r"
+algorithm = "RS256"
+secret = "0123456789abcdef0123456789abcdef"
+[[auth.jwt.keys]]
+kid = "p"
+algorithm = "ES256"
+public_key_pem = "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"
+[auth.jwt.forward]
+"host" = "sub"
+[[auth.api_keys]]
+id = "a"
+sha256 = "xyz"
+
+[[routes]]
+prefix = "/a"
+service = "s"
+auth = "none"
+scopes = ["x"]
+"#
+        ))
+        .unwrap_err()
+        .to_string();
+        let lines: Vec<&str> = errors.lines().collect();
+        let expect = [
+            "routes.toml:5:11: error: `issuers` is empty",
+            "routes.toml:8:13: error: `algorithm` = \"none\" is not supported",
+            "routes.toml:12:10: error: an HS256 secret must be at least 32 bytes",
+            "routes.toml:13:1: error: an RS256 key needs `public_key_pem`",
+            "routes.toml:20:18: error: `public_key_pem` is not a ES256 public key",
+            "routes.toml:22:1: error: \"host\" cannot be set from a claim",
+            "routes.toml:25:10: error: `sha256` must be 64 hex digits",
+            "routes.toml:31:10: error: `scopes` needs an authenticated caller",
+        ];
+        assert_eq!(lines.len(), expect.len(), "{errors}");
+        for (line, want) in lines.iter().zip(expect) {
+            assert!(line.starts_with(want), "{line:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn required_auth_without_a_provider_is_an_error() {
+        let err = parse_str(&format!(
+            "{SVC}[[routes]]\nprefix = \"/a\"\nservice = \"s\"\nauth = \"optional\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`auth = \"optional\"` needs an authentication provider"),
+            "{err}"
+        );
     }
 
     #[test]

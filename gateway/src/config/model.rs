@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderName, Method};
 use ipnet::IpNet;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use url::Url;
 
 use super::Location;
@@ -18,6 +19,7 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -113,5 +115,92 @@ pub struct RouteConfig {
     pub service: String,
     pub strip_prefix: bool,
     pub auth: AuthMode,
+    /// Scopes the caller must all hold.
+    pub scopes: Vec<String>,
     pub location: Location,
+}
+
+/// `[auth]`: the credentials the gateway accepts and what it tells upstreams about the caller.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwt: Option<JwtConfig>,
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub api_key_header: HeaderName,
+    pub forward_authorization: bool,
+    /// Upstream header ← claim name.
+    pub forward: Vec<(HeaderName, String)>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt: None,
+            api_keys: Vec::new(),
+            api_key_header: HeaderName::from_static("x-api-key"),
+            forward_authorization: true,
+            forward: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether any credential can be verified at all.
+    pub fn has_provider(&self) -> bool {
+        self.jwt.is_some() || !self.api_keys.is_empty()
+    }
+}
+
+/// `[auth.jwt]`.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub issuers: Vec<String>,
+    /// Empty: `aud` is not checked.
+    pub audiences: Vec<String>,
+    pub leeway: Duration,
+    pub jwks: Option<JwksConfig>,
+    pub keys: Vec<StaticKey>,
+}
+
+impl JwtConfig {
+    pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+}
+
+/// Where the identity provider publishes its keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwksConfig {
+    pub url: Url,
+    pub refresh: Duration,
+    /// At most one refetch for unknown `kid`s per this period.
+    pub cooldown: Duration,
+}
+
+impl JwksConfig {
+    pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
+    pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+}
+
+/// An `[[auth.jwt.keys]]` entry, parsed: the key and the one algorithm it verifies.
+#[derive(Clone)]
+pub struct StaticKey {
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for StaticKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key material: configs end up in logs and the admin API.
+        f.debug_struct("StaticKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An `[[auth.api_keys]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyConfig {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub scopes: Vec<String>,
 }

@@ -31,6 +31,102 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Vec<RawRoute>")]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// Who may call: JWT bearer tokens and API keys. Routes choose with `auth` and `scopes`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawAuth>")]
+    pub auth: Option<Spanned<RawAuth>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Auth")]
+pub struct RawAuth {
+    /// JWT bearer tokens (`Authorization: Bearer ...`), verified with static keys and/or a JWKS.
+    #[schemars(with = "Option<RawJwt>")]
+    pub jwt: Option<Spanned<RawJwt>>,
+    /// API keys for server-to-server clients, stored as SHA-256 hashes.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawApiKey>")]
+    pub api_keys: Vec<Spanned<RawApiKey>>,
+    /// The request header that carries an API key. Default "x-api-key". Never sent upstream.
+    #[schemars(with = "Option<String>")]
+    pub api_key_header: Option<Str>,
+    /// Send the client's `Authorization` header upstream unchanged. Default true.
+    #[schemars(with = "Option<bool>")]
+    pub forward_authorization: Option<Spanned<bool>>,
+    /// Upstream headers set from the caller's verified claims, like "x-user-id" = "sub" (API keys
+    /// have `sub` = their id and `scope`). A client's own headers of these names are always
+    /// removed, on every route, so they cannot be spoofed.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub forward: BTreeMap<Str, Str>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Jwt")]
+pub struct RawJwt {
+    /// Accepted `iss` values; a token's `iss` must be one of them.
+    #[schemars(with = "Vec<String>", length(min = 1))]
+    pub issuers: Spanned<Vec<Str>>,
+    /// Accepted `aud` values; a token's `aud` must name at least one. Default: `aud` unchecked.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub audiences: Option<Vec<Str>>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`. Default "30s".
+    #[schemars(with = "Option<String>")]
+    pub leeway: Option<Str>,
+    /// JWKS URL of the identity provider; its keys are fetched at startup and refreshed.
+    #[schemars(with = "Option<String>")]
+    pub jwks_url: Option<Str>,
+    /// How often the JWKS is fetched again. Default "5m".
+    #[schemars(with = "Option<String>")]
+    pub jwks_refresh: Option<Str>,
+    /// A token with an unknown `kid` refetches the JWKS at most once per this period. Default "30s".
+    #[schemars(with = "Option<String>")]
+    pub jwks_cooldown: Option<Str>,
+    /// Static verification keys, each pinned to one algorithm.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawJwtKey>")]
+    pub keys: Vec<Spanned<RawJwtKey>>,
+    /// Same as `[auth.forward]` (claims sent upstream as headers), written under `[auth.jwt]`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub forward: BTreeMap<Str, Str>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "JwtKey")]
+pub struct RawJwtKey {
+    /// The `kid` tokens name this key by. Without it, the key verifies tokens that carry no `kid`.
+    #[schemars(with = "Option<String>")]
+    pub kid: Option<Str>,
+    /// The only algorithm this key accepts: HS256/384/512, RS256/384/512, PS256/384/512,
+    /// ES256/384 or EdDSA.
+    #[schemars(with = "String")]
+    pub algorithm: Str,
+    /// The shared secret of an HS* key, like "${JWT_SECRET}".
+    #[schemars(with = "Option<String>")]
+    pub secret: Option<Str>,
+    /// The public key of an RS*/PS*/ES*/EdDSA key: a PEM file (relative to this file) or the PEM text.
+    #[schemars(with = "Option<String>")]
+    pub public_key_pem: Option<Str>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ApiKey")]
+pub struct RawApiKey {
+    /// The client's name: its identity's subject, in logs and rate limits.
+    #[schemars(with = "String")]
+    pub id: Str,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    #[schemars(with = "String")]
+    pub sha256: Str,
+    /// Scopes this client holds.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub scopes: Vec<Str>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -100,6 +196,9 @@ pub struct RawRoute {
     /// "required" (default) | "optional" | "none".
     #[schemars(with = "Option<AuthModeSchema>")]
     pub auth: Option<Str>,
+    /// Scopes the caller must all hold (403 otherwise). Needs `auth` "required" or "optional".
+    #[schemars(with = "Option<Vec<String>>")]
+    pub scopes: Option<Spanned<Vec<Str>>>,
 }
 
 /// Whether callers must be authenticated. (Schema only: validation reads the string.)

@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use serde_spanned::Spanned;
 use url::Url;
 
+mod auth;
+
 use super::diagnostics::Diagnostics;
 use super::interpolate::{Env, interpolate};
 use super::model::{AuthMode, Config, PathMatch, RouteConfig, ServerConfig, ServiceConfig};
@@ -27,16 +29,19 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         .into_iter()
         .filter_map(|(name, svc)| v.service(name, svc))
         .collect();
+    let auth = v.auth_section(raw.auth);
     let service_names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let has_provider = auth.has_provider();
     let routes = raw
         .routes
         .into_iter()
-        .filter_map(|r| v.route(r, &service_names))
+        .filter_map(|r| v.route(r, &service_names, has_provider))
         .collect();
     Config {
         server,
         services,
         routes,
+        auth,
     }
 }
 
@@ -227,7 +232,12 @@ impl Validator<'_, '_, '_> {
         None
     }
 
-    fn route(&mut self, raw: Spanned<RawRoute>, services: &[&str]) -> Option<RouteConfig> {
+    fn route(
+        &mut self,
+        raw: Spanned<RawRoute>,
+        services: &[&str],
+        has_provider: bool,
+    ) -> Option<RouteConfig> {
         let span = raw.span();
         let location = self.diag.source().location(&span);
         let raw = raw.into_inner();
@@ -258,13 +268,15 @@ impl Validator<'_, '_, '_> {
                 "`strip_prefix` only applies to `prefix` routes; remove it from this `path` route",
             );
         }
-        let auth = self.auth(&raw.auth, &span);
+        let auth = self.auth(&raw.auth, &span, has_provider);
+        let scopes = self.scopes(&raw.scopes, auth);
         Some(RouteConfig {
             path: path?,
             methods: methods.flatten(),
             service: service?,
             strip_prefix,
             auth: auth?,
+            scopes,
             location,
         })
     }
@@ -335,40 +347,79 @@ impl Validator<'_, '_, '_> {
         Some(methods)
     }
 
-    /// `auth` defaults to "required"; until an issue adds providers, required auth cannot be
-    /// satisfied, so it is an error rather than a route that silently lets everyone in.
-    fn auth(&mut self, value: &Option<Str>, route_span: &Range<usize>) -> Option<AuthMode> {
-        let Some(value) = value else {
-            self.auth_unavailable(
-                route_span,
-                "this route needs authentication (`auth` defaults to \"required\")",
+    /// `auth` defaults to "required"; required auth without a provider could never be satisfied,
+    /// so it is an error rather than a route that answers 401 to everyone.
+    fn auth(
+        &mut self,
+        value: &Option<Str>,
+        route_span: &Range<usize>,
+        has_provider: bool,
+    ) -> Option<AuthMode> {
+        let (mode, span) = match value {
+            None => (AuthMode::Required, route_span.clone()),
+            Some(value) => {
+                let text = self.string(value)?;
+                let mode = match text.as_str() {
+                    "required" => AuthMode::Required,
+                    "optional" => AuthMode::Optional,
+                    "none" => AuthMode::None,
+                    _ => {
+                        self.diag.error(
+                            &value.span(),
+                            format!("`auth` = \"{text}\": use \"required\", \"optional\" or \"none\""),
+                        );
+                        return None;
+                    }
+                };
+                (mode, value.span())
+            }
+        };
+        if mode != AuthMode::None && !has_provider {
+            let what = if value.is_some() {
+                format!(
+                    "`auth = \"{}\"`",
+                    if mode == AuthMode::Required {
+                        "required"
+                    } else {
+                        "optional"
+                    }
+                )
+            } else {
+                "this route needs authentication (`auth` defaults to \"required\")".to_owned()
+            };
+            self.diag.error(
+                &span,
+                format!("{what} needs an authentication provider ([auth.jwt] or [[auth.api_keys]]) and none is configured: \
+                 configure one, or set auth = \"none\" on routes that are public"),
             );
             return None;
-        };
-        let text = self.string(value)?;
-        match text.as_str() {
-            "required" => {
-                self.auth_unavailable(&value.span(), "`auth = \"required\"`");
-                None
-            }
-            "optional" => Some(AuthMode::Optional),
-            "none" => Some(AuthMode::None),
-            _ => {
-                self.diag.error(
-                    &value.span(),
-                    format!("`auth` = \"{text}\": use \"required\", \"optional\" or \"none\""),
-                );
-                None
-            }
         }
+        Some(mode)
     }
 
-    fn auth_unavailable(&mut self, span: &Range<usize>, what: &str) {
-        self.diag.error(
-            span,
-            format!("{what} needs an authentication provider ([auth.jwt] or [[auth.api_keys]]) and none is configured: \
-             configure one, or set auth = \"none\" on routes that are public"),
-        );
+    fn scopes(&mut self, value: &Option<Spanned<Vec<Str>>>, auth: Option<AuthMode>) -> Vec<String> {
+        let Some(value) = value else { return Vec::new() };
+        if auth == Some(AuthMode::None) {
+            self.diag.error(
+                &value.span(),
+                "`scopes` needs an authenticated caller: remove it, or set auth = \"required\"",
+            );
+        }
+        value
+            .get_ref()
+            .iter()
+            .filter_map(|s| {
+                let text = self.string(s)?;
+                if text.is_empty() || text.contains(char::is_whitespace) {
+                    self.diag.error(
+                        &s.span(),
+                        format!("scope \"{text}\" must be one word without spaces"),
+                    );
+                    return None;
+                }
+                Some(text)
+            })
+            .collect()
     }
 }
 

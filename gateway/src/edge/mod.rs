@@ -18,6 +18,7 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::auth::Identity;
 use crate::error::GatewayError;
 use crate::proxy;
 use crate::snapshot::Snapshot;
@@ -30,6 +31,8 @@ pub struct RequestContext {
     pub request_id: HeaderValue,
     pub client: ClientAddr,
     pub max_body_size: u64,
+    /// The verified caller; `None` on public routes and for anonymous callers of optional ones.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// The gateway's shared state: the active snapshot, swapped whole on reload.
@@ -40,6 +43,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        snapshot.start();
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
         })
@@ -52,6 +56,7 @@ impl Gateway {
 
     /// Makes `snapshot` active for requests that arrive from now on.
     pub fn swap(&self, snapshot: Snapshot) {
+        snapshot.start();
         self.snapshot.store(Arc::new(snapshot));
     }
 
@@ -108,13 +113,25 @@ impl Gateway {
         // Route match against this snapshot's table: 404 / 405 come from here.
         let route = snapshot.routes.lookup(request.method(), &path)?;
 
-        // Authentication (per route `auth`) and rate limiting plug in here, in that order,
-        // before anything reaches a backend.
+        // Authentication per the route's `auth` and `scopes`, before anything reaches a backend.
+        // The client's copies of identity headers are dropped on every route, so only the
+        // gateway can set them.
+        let identity = snapshot
+            .auth
+            .authenticate(&route.config, request.headers(), deadline)
+            .await?;
+        let mut request = request;
+        snapshot
+            .auth
+            .prepare_upstream(request.headers_mut(), identity.as_deref());
+
+        // Rate limiting plugs in here, keyed on the identity.
 
         let ctx = RequestContext {
             request_id: request_id.clone(),
             client,
             max_body_size,
+            identity,
         };
         proxy::forward(route, &path, request, &ctx, deadline).await
     }

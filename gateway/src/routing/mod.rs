@@ -242,6 +242,7 @@ mod tests {
                 service: "svc".into(),
                 strip_prefix: true,
                 auth: AuthMode::None,
+                scopes: Vec::new(),
                 location: Location {
                     file: "r.toml".into(),
                     line,

@@ -28,8 +28,8 @@ use tokio::time::Instant;
 mod idle_timeout;
 
 use crate::config::ServiceConfig;
-pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
 use crate::error::GatewayError;
+pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
 
 /// Any request body the gateway sends upstream (a client's streamed body, or one it built).
 pub type UpstreamBody = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
