@@ -153,7 +153,7 @@ impl JwtVerifier {
         };
         let cache = Cache::builder()
             .max_capacity(CACHE_BYTES)
-            .weigher(|token: &Box<str>, _: &Verified| weight(token))
+            .weigher(weight)
             .expire_after(UntilExp)
             .build();
         Ok(Self {
@@ -278,7 +278,7 @@ fn failure(kind: &ErrorKind) -> AuthFailure {
 
 /// A cached token's weight: its text plus the identity's rough size.
 #[allow(clippy::borrowed_box)] // moka's weigher signature
-fn weight(token: &Box<str>) -> u32 {
+fn weight(token: &Box<str>, _: &Verified) -> u32 {
     u32::try_from(token.len() + 256).unwrap_or(u32::MAX)
 }
 
