@@ -513,7 +513,7 @@ async fn demo_serves_the_bundled_backends_through_the_repos_routes() {
         .arg("demo")
         .arg("--listen")
         .arg(addr.to_string());
-    for name in ["USERS_URL", "ORDERS_URL", "CATALOG_URL"] {
+    for name in ["USERS_URL", "ORDERS_URL", "CATALOG_URL", "JWT_SECRET"] {
         cmd.env_remove(name);
     }
     let mut proc = Proc::spawn(cmd);
@@ -521,13 +521,28 @@ async fn demo_serves_the_bundled_backends_through_the_repos_routes() {
     let gw = format!("http://{addr}");
     let c = client();
 
+    // The demo protects /api/users and /api/orders; tokens are signed with the demo secret.
     let r = c.get(format!("{gw}/api/users")).send().await.unwrap();
+    error_body(r, 401, "UNAUTHENTICATED").await;
+    let token = demo_token("orders:read");
+    let bearer = format!("Bearer {token}");
+    let r = c
+        .get(format!("{gw}/api/users"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let users: Value = r.json().await.unwrap();
     let users = users.as_array().expect("a JSON array of users");
     assert!(users.iter().any(|u| u["id"] == "u1"), "{users:?}");
 
-    let r = c.get(format!("{gw}/api/users/u1")).send().await.unwrap();
+    let r = c
+        .get(format!("{gw}/api/users/u1"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let ada: Value = r.json().await.unwrap();
     assert_eq!(
@@ -540,7 +555,26 @@ async fn demo_serves_the_bundled_backends_through_the_repos_routes() {
         })
     );
 
-    let r = c.get(format!("{gw}/api/orders?userId=u1")).send().await.unwrap();
+    let r = c
+        .get(format!("{gw}/api/orders?userId=u1"))
+        .header("authorization", format!("Bearer {}", demo_token("users:read")))
+        .send()
+        .await
+        .unwrap();
+    error_body(r, 403, "FORBIDDEN").await;
+    let r = c
+        .get(format!("{gw}/api/orders?userId=u1"))
+        .header("x-api-key", "demo-partner-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{gw}/api/orders?userId=u1"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let orders: Value = r.json().await.unwrap();
     let orders = orders.as_array().expect("a JSON array of orders");
@@ -557,6 +591,29 @@ async fn demo_serves_the_bundled_backends_through_the_repos_routes() {
         stdout.contains(&gw),
         "the gateway URL {gw} is not printed:\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    // The printed token is one the demo accepts: same issuer, audience and key.
+    let printed = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TOKEN="))
+        .unwrap_or_else(|| panic!("no TOKEN= line printed:\n{stdout}"));
+    let header = jsonwebtoken::decode_header(printed).unwrap();
+    assert_eq!(header.kid.as_deref(), Some("demo"));
+    assert!(stdout.contains("Authorization: Bearer $TOKEN"), "{stdout}");
+}
+
+/// A token as the demo config accepts it (its default secret, issuer and audience).
+fn demo_token(scope: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": "u1", "scope": scope, "iss": "gateway-demo", "aud": "gateway", "exp": now + 600,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("demo".into());
+    let key = jsonwebtoken::EncodingKey::from_secret(b"demo-only-secret-change-me-0123456789");
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -151,6 +151,30 @@ async fn run(snapshot: Snapshot) -> ExitCode {
     }
 }
 
+/// What `gateway demo` suggests trying, with a working token when the config can sign one.
+fn try_lines(gw: &str, token: Option<&str>) -> String {
+    let mut out = format!(
+        "\nTry:\n  curl '{gw}/api/products?ids=p1,p2'              # public route\n  \
+         curl -i {gw}/api/users                           # protected: 401 without credentials\n"
+    );
+    if let Some(token) = token {
+        out.push_str(&format!(
+            "\n  TOKEN={token}\n\n  \
+             curl -H \"Authorization: Bearer $TOKEN\" {gw}/api/users/u1\n  \
+             curl -H \"Authorization: Bearer $TOKEN\" '{gw}/api/orders?userId=u1'\n  \
+             curl -H \"Authorization: Bearer $TOKEN\" {gw}/echo    # see x-user-id as the backend does\n  \
+             curl -H \"Authorization: Bearer $TOKEN\" '{gw}/api/users/u1?delay_ms=300'   # slow backend\n"
+        ));
+    }
+    out.push_str(&format!(
+        "  curl -H 'x-api-key: demo-partner-key' '{gw}/api/orders?userId=u2'   # API key client\n  \
+         curl -i '{gw}/api/products?fail=503'            # failing backend, passed through\n  \
+         curl -i '{gw}/api/slow?delay_ms=2000'           # route with a 1s timeout: 504\n  \
+         curl -i {gw}/nope                                # 404 in the gateway's error format\n\nCtrl-C to stop."
+    ));
+    out
+}
+
 async fn demo(config: &Path, listen: Option<SocketAddr>) -> ExitCode {
     let shutdown = shutdown_signal();
     let running = match backends::spawn_all().await {
@@ -180,13 +204,13 @@ async fn demo(config: &Path, listen: Option<SocketAddr>) -> ExitCode {
     for b in &running {
         println!("  demo backend {:<8} {}", b.service.name(), b.url());
     }
-    println!(
-        "\nTry:\n  curl {gw}/api/users\n  curl {gw}/api/users/u1\n  curl '{gw}/api/orders?userId=u1'\n  \
-         curl '{gw}/api/products?ids=p1,p2'\n  curl '{gw}/api/users/u1?delay_ms=300'      # slow backend\n  \
-         curl -i '{gw}/api/orders?fail=503'          # failing backend, passed through\n  \
-         curl -i '{gw}/api/slow?delay_ms=2000'       # route with a 1s timeout: 504\n  \
-         curl -i {gw}/nope                            # 404 in the gateway's error format\n\nCtrl-C to stop."
-    );
+    let token = snapshot
+        .config
+        .auth
+        .jwt
+        .as_ref()
+        .and_then(|jwt| crate::demo::token::mint(jwt, std::time::Duration::from_secs(24 * 3600)));
+    println!("{}", try_lines(&gw, token.as_deref()));
     match serve(listener, Gateway::new(snapshot), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("server failed: {e}")),
