@@ -170,6 +170,34 @@ nginx_conf proxy "        listen 127.0.0.1:$NGINX_PORT;
         keepalive_requests 1000000;
     }"
 
+# Auth targets: the same gateway, routes /hs and /rs that need a valid HS256 / RS256 token. Each
+# wrk connection reuses one token, as real clients do.
+HS_SECRET=bench-secret-0123456789abcdef0123456789
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/rs.pem" 2>/dev/null ||
+    die "openssl could not create the RS256 bench key"
+openssl pkey -in "$tmp/rs.pem" -pubout -out "$tmp/rs.pub.pem"
+# mint_token ALG KID -> a JWT valid for 1 h (HS256 with HS_SECRET, RS256 with rs.pem)
+mint_token() {
+    python3 - "$1" "$2" "$HS_SECRET" "$tmp/rs.pem" <<'PY'
+import base64, hashlib, hmac, json, subprocess, sys, time
+alg, kid, secret, pem = sys.argv[1:5]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+now = int(time.time())
+head = b64(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode())
+body = b64(json.dumps({"sub": "bench", "iss": "bench", "aud": "gateway", "iat": now,
+                       "exp": now + 3600, "scope": "bench"}).encode())
+msg = f"{head}.{body}".encode()
+if alg == "HS256":
+    sig = hmac.new(secret.encode(), msg, hashlib.sha256).digest()
+else:
+    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", pem], input=msg,
+                         capture_output=True, check=True).stdout
+print(f"{head}.{body}.{b64(sig)}")
+PY
+}
+HS_TOKEN=$(mint_token HS256 hs)
+RS_TOKEN=$(mint_token RS256 rs)
+
 cat >"$tmp/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$GW_PORT"
@@ -178,10 +206,34 @@ worker_threads = 1
 [services.bench]
 urls = ["http://127.0.0.1:$BACKEND_PORT"]
 
+[auth.jwt]
+issuers = ["bench"]
+audiences = ["gateway"]
+[[auth.jwt.keys]]
+kid = "hs"
+algorithm = "HS256"
+secret = "$HS_SECRET"
+[[auth.jwt.keys]]
+kid = "rs"
+algorithm = "RS256"
+public_key_pem = "$tmp/rs.pub.pem"
+[auth.jwt.forward]
+"x-user-id" = "sub"
+
 [[routes]]
 prefix = "/"
 service = "bench"
 auth = "none"
+
+[[routes]]
+prefix = "/hs"
+service = "bench"
+scopes = ["bench"]
+
+[[routes]]
+prefix = "/rs"
+service = "bench"
+scopes = ["bench"]
 EOF
 
 # ---------------------------------------------------------------- start + readiness
@@ -220,7 +272,10 @@ start_nginx backend "$LOAD_CPU" "$BACKEND_PORT"
 start_nginx proxy "$PROXY_CPU" "$NGINX_PORT"
 
 TARGETS=(direct)
-declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GW_PORT)
+declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GW_PORT
+    [gw-hs256]=$GW_PORT [gw-rs256]=$GW_PORT)
+declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs)
+declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
 GW_PID=""
 if [[ $SKIP_GW != 1 ]]; then
     taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway.toml" \
@@ -228,7 +283,12 @@ if [[ $SKIP_GW != 1 ]]; then
     GW_PID=$!
     PIDS+=("$GW_PID")
     wait_ready gateway "$GW_PORT" "$GW_PID" "$tmp/gateway.log"
-    TARGETS+=(gateway)
+    for t in gw-hs256 gw-rs256; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN_OF[$t]}" \
+            "http://127.0.0.1:$GW_PORT${PATH_OF[$t]}")
+        [[ $code == 200 ]] || die "$t: the gateway answered $code to a valid token (see $tmp/gateway.log)"
+    done
+    TARGETS+=(gateway gw-hs256 gw-rs256)
 fi
 TARGETS+=(nginx)
 
@@ -272,10 +332,11 @@ to_ms() { # "1.23ms" / "850.00us" / "1.02s" / "1.5m" -> ms
 # run_wrk TARGET DURATION OUTFILE ; sets WRK_RPS, WRK_P99_MS, WRK_ERRORS
 # (no subshell, so a failure here really aborts the script)
 run_wrk() {
-    local target=$1 dur=$2 out=$3 sampler="" p99
-    if [[ $target == gateway ]]; then rss_sampler & sampler=$!; fi
-    if ! taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency \
-        "http://127.0.0.1:${PORT_OF[$target]}/" >"$out" 2>&1; then
+    local target=$1 dur=$2 out=$3 sampler="" p99 auth=()
+    if [[ $target == g* ]]; then rss_sampler & sampler=$!; fi
+    [[ -n ${TOKEN_OF[$target]:-} ]] && auth=(-H "Authorization: Bearer ${TOKEN_OF[$target]}")
+    if ! taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency "${auth[@]}" \
+        "http://127.0.0.1:${PORT_OF[$target]}${PATH_OF[$target]:-/}" >"$out" 2>&1; then
         cat "$out" >&2
         die "wrk against $target failed"
     fi
@@ -358,6 +419,10 @@ if "gateway" in med:
     print(f"gateway RSS idle: {idle:.1f} MiB (target <= 20), under load: {load:.1f} MiB "
           f"(target <= 50)  {verdict(idle <= 20 and load <= 50)}")
     print(f"gateway RSS after load: {int(rss_after) / 1024:.1f} MiB")
+    for t in ("gw-hs256", "gw-rs256"):
+        if t in med:
+            ratio = med[t][0] / gw[0] if gw[0] else float("nan")
+            print(f"ratio {t}/gateway req/s: {ratio:.2f} (target >= 0.90)  {verdict(ratio >= 0.9)}")
 else:
     print(f"p99 added over direct: nginx {nginx_added:.2f} ms")
     print("gateway: skipped (BENCH_SKIP_GATEWAY=1)")
