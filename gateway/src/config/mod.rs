@@ -147,18 +147,25 @@ service = "users"
         )
         .unwrap_err()
         .to_string();
+        assert_error_lines(
+            &errors,
+            &[
+                "routes.toml:2:19: error: `request_timeout` = \"soon\" is not a duration",
+                "routes.toml:3:17: error: `max_body_size` = \"lots\" is not a size",
+                "routes.toml:6:9: error: \"ftp://x\" must use http:// or https://",
+                "routes.toml:6:20: error: \"not a url\" is not a URL",
+                "routes.toml:7:11: error: `timeout` must be longer than zero",
+                "routes.toml:11:11: error: unknown service \"nope\"",
+                "routes.toml:16:12: error: \"get\" is not an HTTP method",
+                "routes.toml:18:8: error: `auth` = \"maybe\"",
+                "routes.toml:20:1: error: this route needs authentication",
+            ],
+        );
+    }
+
+    /// Each line of `errors` starts with the matching `expect` entry, and there are no others.
+    fn assert_error_lines(errors: &str, expect: &[&str]) {
         let lines: Vec<&str> = errors.lines().collect();
-        let expect = [
-            "routes.toml:2:19: error: `request_timeout` = \"soon\" is not a duration",
-            "routes.toml:3:17: error: `max_body_size` = \"lots\" is not a size",
-            "routes.toml:6:9: error: \"ftp://x\" must use http:// or https://",
-            "routes.toml:6:20: error: \"not a url\" is not a URL",
-            "routes.toml:7:11: error: `timeout` must be longer than zero",
-            "routes.toml:11:11: error: unknown service \"nope\"",
-            "routes.toml:16:12: error: \"get\" is not an HTTP method",
-            "routes.toml:18:8: error: `auth` = \"maybe\"",
-            "routes.toml:20:1: error: this route needs authentication",
-        ];
         assert_eq!(lines.len(), expect.len(), "{errors}");
         for (line, want) in lines.iter().zip(expect) {
             assert!(line.starts_with(want), "{line:?} should start with {want:?}");
@@ -248,21 +255,19 @@ scopes = ["x"]
         ))
         .unwrap_err()
         .to_string();
-        let lines: Vec<&str> = errors.lines().collect();
-        let expect = [
-            "routes.toml:5:11: error: `issuers` is empty",
-            "routes.toml:8:13: error: `algorithm` = \"none\" is not supported",
-            "routes.toml:12:10: error: an HS256 secret must be at least 32 bytes",
-            "routes.toml:13:1: error: an RS256 key needs `public_key_pem`",
-            "routes.toml:20:18: error: `public_key_pem` is not a ES256 public key",
-            "routes.toml:22:1: error: \"host\" cannot be set from a claim",
-            "routes.toml:25:10: error: `sha256` must be 64 hex digits",
-            "routes.toml:31:10: error: `scopes` needs an authenticated caller",
-        ];
-        assert_eq!(lines.len(), expect.len(), "{errors}");
-        for (line, want) in lines.iter().zip(expect) {
-            assert!(line.starts_with(want), "{line:?} should start with {want:?}");
-        }
+        assert_error_lines(
+            &errors,
+            &[
+                "routes.toml:5:11: error: `issuers` is empty",
+                "routes.toml:8:13: error: `algorithm` = \"none\" is not supported",
+                "routes.toml:12:10: error: an HS256 secret must be at least 32 bytes",
+                "routes.toml:13:1: error: an RS256 key needs `public_key_pem`",
+                "routes.toml:20:18: error: `public_key_pem` is not a ES256 public key",
+                "routes.toml:22:1: error: \"host\" cannot be set from a claim",
+                "routes.toml:25:10: error: `sha256` must be 64 hex digits",
+                "routes.toml:31:10: error: `scopes` needs an authenticated caller",
+            ],
+        );
     }
 
     #[test]
