@@ -23,6 +23,7 @@ use crate::error::GatewayError;
 use crate::proxy;
 use crate::snapshot::Snapshot;
 use forwarded::ClientAddr;
+use headers::strip_hop_by_hop;
 use request_id::X_REQUEST_ID;
 
 /// Per-request facts the edge established, handed to the handler.
@@ -121,6 +122,10 @@ impl Gateway {
             .authenticate(&route.config, request.headers(), deadline)
             .await?;
         let mut request = request;
+        // Hop-by-hop headers (and any the client named in Connection) were for this hop only:
+        // dropped after authentication read the request as sent, and before the gateway adds its
+        // own headers, so `Connection: x-user-id` cannot remove the identity set below.
+        strip_hop_by_hop(request.headers_mut());
         snapshot
             .auth
             .prepare_upstream(request.headers_mut(), identity.as_deref());

@@ -28,8 +28,8 @@ pub async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = request.into_parts();
 
+    // Hop-by-hop headers were removed by the edge, before the identity headers were set.
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
     // The upstream's own authority goes in Host; the client's is kept in X-Forwarded-Host.
     set_forwarded_headers(headers, &ctx.client, &parts.uri);
     headers.remove(http::header::HOST);
