@@ -8,6 +8,8 @@ use axum::body::Body;
 use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Response, StatusCode};
 
+use crate::ratelimit::RateLimitHeaders;
+
 /// Everything the gateway itself can answer with instead of an upstream response.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -36,6 +38,12 @@ pub enum GatewayError {
     /// since startup): the token may well be valid, so this is not a 401.
     #[error("the keys to verify this token are not available yet; retry shortly")]
     AuthUnavailable,
+    /// The client is over its quota; it may retry after `retry_after` seconds.
+    #[error("too many requests: retry in {retry_after} s")]
+    RateLimited {
+        retry_after: u64,
+        headers: RateLimitHeaders,
+    },
 }
 
 /// Why a caller is not authenticated. Never carries the token or any part of it.
@@ -97,6 +105,7 @@ impl GatewayError {
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -112,6 +121,7 @@ impl GatewayError {
             Self::Unauthenticated { .. } => "UNAUTHENTICATED",
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::AuthUnavailable => "AUTH_UNAVAILABLE",
+            Self::RateLimited { .. } => "RATE_LIMITED",
         }
     }
 
@@ -156,6 +166,13 @@ impl GatewayError {
             }
             Self::AuthUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::RateLimited {
+                retry_after,
+                headers: limit,
+            } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+                limit.apply(headers);
             }
             _ => {}
         }

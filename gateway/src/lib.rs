@@ -1,6 +1,6 @@
 //! The gateway library. Folders follow the request path:
-//! `server` (listener) → `edge` (the per-request pipeline) → `routing` (route table) →
-//! `proxy` (REST handler) → `upstream` (the one client layer to backends).
+//! `server` (listener) → `edge` (the per-request pipeline) → `routing` (route table) → `auth` →
+//! `ratelimit` → `proxy` (REST handler) → `upstream` (the one client layer to backends).
 //! `config` reads `routes.toml`, `snapshot` turns a config into what requests run on, `error` is
 //! the one place errors become responses, `cli` is the `gateway` command and `demo` its demo.
 
@@ -11,6 +11,7 @@ pub mod demo;
 pub mod edge;
 pub mod error;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

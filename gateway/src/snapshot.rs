@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::config::{self, Checked, Config, ConfigError, ConfigErrors, Env};
+use crate::ratelimit::{LimiterClock, RateLimiters};
 use crate::routing::{Route, RouteTable};
 use crate::upstream::Upstream;
 
@@ -16,6 +17,14 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub upstreams: Vec<Arc<Upstream>>,
     pub auth: Authenticator,
+    pub rate_limits: RateLimiters,
+}
+
+/// What a snapshot is built with besides its config: injected so tests can replace it.
+#[derive(Debug, Clone, Default)]
+pub struct Deps {
+    /// The clock of the in-process rate limiters.
+    pub clock: LimiterClock,
 }
 
 impl Snapshot {
@@ -23,18 +32,26 @@ impl Snapshot {
     /// problem is reported at once, route conflicts among the routes that validated included.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Self, ConfigErrors> {
         let checked = config::load(path, env)?;
-        Self::build_checked(checked)
+        Self::build_checked(checked, &Deps::default())
     }
 
     /// Builds the upstream clients and the route table of a validated config.
     pub fn build(config: Config) -> Result<Self, ConfigErrors> {
-        Self::build_checked(Checked {
-            config,
-            errors: Vec::new(),
-        })
+        Self::build_with(config, &Deps::default())
     }
 
-    fn build_checked(checked: Checked) -> Result<Self, ConfigErrors> {
+    /// [`Snapshot::build`] with the given dependencies.
+    pub fn build_with(config: Config, deps: &Deps) -> Result<Self, ConfigErrors> {
+        Self::build_checked(
+            Checked {
+                config,
+                errors: Vec::new(),
+            },
+            deps,
+        )
+    }
+
+    fn build_checked(checked: Checked, deps: &Deps) -> Result<Self, ConfigErrors> {
         let Checked { config, mut errors } = checked;
         let mut upstreams = Vec::with_capacity(config.services.len());
         for service in &config.services {
@@ -53,36 +70,50 @@ impl Snapshot {
             location: Default::default(),
             message: format!("cannot create the HTTP client for `jwks_url`: {e}"),
         });
+        let rate_limits = RateLimiters::new(&config.rate_limits, &config.rate_limit_store, &deps.clock)
+            .map_err(|e| ConfigError {
+                location: Default::default(),
+                message: format!("[rate_limit_store] `url` is not usable ({:?})", e.kind()),
+            });
         // Routes whose service is unknown (already reported) are left out of the table.
         let routes = config
             .routes
             .iter()
             .filter_map(|route| {
                 let upstream = upstreams.iter().find(|u| u.name() == route.service)?;
+                let rate_limit = match (&route.rate_limit, &rate_limits) {
+                    (Some(name), Ok(limiters)) => Some(limiters.policy(name)?),
+                    _ => None,
+                };
                 Some(Route {
                     config: route.clone(),
                     upstream: upstream.clone(),
+                    rate_limit,
                 })
             })
             .collect();
         let auth = auth.map_err(|e| errors.push(e)).ok();
-        match (RouteTable::build(routes), auth) {
-            (Ok(routes), Some(auth)) if errors.is_empty() => Ok(Self {
+        let rate_limits = rate_limits.map_err(|e| errors.push(e)).ok();
+        match (RouteTable::build(routes), auth, rate_limits) {
+            (Ok(routes), Some(auth), Some(rate_limits)) if errors.is_empty() => Ok(Self {
                 config,
                 routes,
                 upstreams,
                 auth,
+                rate_limits,
             }),
-            (Ok(_), _) => Err(ConfigErrors::sorted(errors)),
-            (Err(route_errors), _) => {
+            (Ok(_), _, _) => Err(ConfigErrors::sorted(errors)),
+            (Err(route_errors), _, _) => {
                 errors.extend(route_errors);
                 Err(ConfigErrors::sorted(errors))
             }
         }
     }
 
-    /// Starts the snapshot's background work (JWKS refresh); it stops when the snapshot is dropped.
+    /// Starts the snapshot's background work (JWKS refresh, forgetting idle rate-limit clients,
+    /// connecting to Redis); it stops when the snapshot is dropped.
     pub fn start(&self) {
         self.auth.start();
+        self.rate_limits.start();
     }
 }

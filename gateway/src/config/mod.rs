@@ -15,8 +15,9 @@ use std::path::Path;
 pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, Location, Source};
 pub use interpolate::{Env, process_env};
 pub use model::{
-    ApiKeyConfig, AuthConfig, AuthMode, Config, JwksConfig, JwtConfig, PathMatch, RouteConfig, ServerConfig,
-    ServiceConfig, StaticKey,
+    ApiKeyConfig, AuthConfig, AuthMode, Config, JwksConfig, JwtConfig, PathMatch, RateLimitBackend,
+    RateLimitKey, RateLimitPolicy, RateLimitStoreConfig, RateLimitTiers, RateQuota, RedisFailure, RedisUrl,
+    RouteConfig, ServerConfig, ServiceConfig, StaticKey,
 };
 pub use raw::json_schema;
 pub use validate::parse_size;
@@ -280,6 +281,121 @@ scopes = ["x"]
         assert!(
             err.contains("`auth = \"optional\"` needs an authentication provider"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn rate_limit_config_parses() {
+        let config = parse_str(&format!(
+            r#"{SVC}
+[server]
+rate_limit = "default"
+
+[rate_limits.default]
+requests = 100
+per = "1m"
+burst = 20
+[rate_limits.default.tiers]
+claim = "plan"
+gold = {{ requests = 1000, per = "1m" }}
+
+[rate_limits.per_ip]
+requests = 5
+per = "1s"
+key = "ip"
+
+[rate_limit_store]
+backend = "redis"
+url = "redis://:hunter2@127.0.0.1:6379/0"
+on_error = "deny"
+
+[[routes]]
+prefix = "/a"
+service = "s"
+auth = "none"
+
+[[routes]]
+prefix = "/b"
+service = "s"
+auth = "none"
+rate_limit = "per_ip"
+
+[[routes]]
+prefix = "/c"
+service = "s"
+auth = "none"
+rate_limit = "none"
+"#
+        ))
+        .unwrap();
+        let default = &config.rate_limits[0];
+        assert_eq!(default.name, "default");
+        assert_eq!(default.quota.requests.get(), 100);
+        assert_eq!(default.quota.burst.get(), 20);
+        assert_eq!(default.quota.interval(), std::time::Duration::from_millis(600));
+        assert_eq!(default.key, RateLimitKey::Client);
+        let tiers = default.tiers.as_ref().unwrap();
+        assert_eq!(tiers.claim, "plan");
+        assert_eq!(tiers.tiers[0].0, "gold");
+        // A tier's burst defaults to its own `requests`.
+        assert_eq!(tiers.tiers[0].1.burst.get(), 1000);
+        assert_eq!(config.rate_limits[1].key, RateLimitKey::Ip);
+        assert_eq!(config.rate_limits[1].quota.burst.get(), 5);
+        assert_eq!(config.server.rate_limit.as_deref(), Some("default"));
+        let policies: Vec<_> = config.routes.iter().map(|r| r.rate_limit.as_deref()).collect();
+        assert_eq!(policies, [Some("default"), Some("per_ip"), None]);
+        assert!(matches!(config.rate_limit_store.backend, RateLimitBackend::Redis(_)));
+        assert_eq!(config.rate_limit_store.on_error, RedisFailure::Deny);
+        assert_eq!(config.rate_limit_store.timeout, RateLimitStoreConfig::DEFAULT_TIMEOUT);
+        // The Redis password never shows in Debug output.
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn rate_limit_errors_are_reported_with_positions() {
+        let errors = parse_str(&format!(
+            r#"{SVC}
+[server]
+rate_limit = "nope"
+
+[rate_limits.a]
+requests = 0
+per = "soon"
+key = "user"
+[rate_limits.a.tiers]
+gold = {{ requests = 10, per = "1m", burst = -1 }}
+
+[rate_limits.none]
+requests = 1
+per = "1s"
+
+[rate_limit_store]
+backend = "redis"
+on_error = "panic"
+
+[[routes]]
+prefix = "/a"
+service = "s"
+auth = "none"
+rate_limit = "missing"
+"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_error_lines(
+            &errors,
+            &[
+                "routes.toml:5:14: error: unknown rate-limit policy \"nope\"",
+                "routes.toml:8:12: error: `requests` must be a whole number",
+                "routes.toml:9:7: error: `per` = \"soon\" is not a duration",
+                "routes.toml:10:7: error: `key` = \"user\": use \"client\", \"ip\" or \"global\"",
+                "routes.toml:11:1: error: tiers need `claim`",
+                "routes.toml:12:45: error: `burst` must be a whole number",
+                "routes.toml:14:14: error: rate-limit policy name \"none\"",
+                "routes.toml:18:1: error: backend = \"redis\" needs `url`",
+                "routes.toml:20:12: error: `on_error` = \"panic\"",
+                "routes.toml:26:14: error: unknown rate-limit policy \"missing\"",
+            ],
         );
     }
 

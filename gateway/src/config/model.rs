@@ -2,6 +2,7 @@
 //! Built by `validate`, immutable afterwards, and the input of `Snapshot::build`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -20,6 +21,9 @@ pub struct Config {
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
     pub auth: AuthConfig,
+    /// `[rate_limits.NAME]` policies, in name order.
+    pub rate_limits: Vec<RateLimitPolicy>,
+    pub rate_limit_store: RateLimitStoreConfig,
 }
 
 impl Config {
@@ -45,6 +49,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Peers whose X-Forwarded-* headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The rate-limit policy of routes that name none.
+    pub rate_limit: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +64,7 @@ impl Default for ServerConfig {
             max_body_size: 10 * 1024 * 1024,
             max_connections: 10_000,
             trusted_proxies: Vec::new(),
+            rate_limit: None,
         }
     }
 }
@@ -117,6 +124,9 @@ pub struct RouteConfig {
     pub auth: AuthMode,
     /// Scopes the caller must all hold.
     pub scopes: Vec<String>,
+    /// The rate-limit policy that applies (the route's own or the server default); `None` means
+    /// unlimited.
+    pub rate_limit: Option<String>,
     pub location: Location,
 }
 
@@ -203,4 +213,106 @@ pub struct ApiKeyConfig {
     pub id: String,
     pub sha256: [u8; 32],
     pub scopes: Vec<String>,
+}
+
+/// A `[rate_limits.NAME]` policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitPolicy {
+    pub name: String,
+    pub quota: RateQuota,
+    pub key: RateLimitKey,
+    pub tiers: Option<RateLimitTiers>,
+    pub location: Location,
+}
+
+/// A GCRA quota: `requests` per `per` in the long run, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateQuota {
+    pub requests: NonZeroU32,
+    pub per: Duration,
+    pub burst: NonZeroU32,
+}
+
+impl RateQuota {
+    /// The time one request "costs": the quota refills one request per this interval.
+    pub fn interval(&self) -> Duration {
+        self.per / self.requests.get()
+    }
+}
+
+/// What a quota is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateLimitKey {
+    /// The verified caller (token subject or API key id); anonymous callers by client IP.
+    #[default]
+    Client,
+    /// The client IP.
+    Ip,
+    /// One quota shared by every caller.
+    Global,
+}
+
+/// Quotas chosen by the value of one claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitTiers {
+    pub claim: String,
+    /// Claim value → quota, in file order.
+    pub tiers: Vec<(String, RateQuota)>,
+}
+
+/// `[rate_limit_store]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitStoreConfig {
+    pub backend: RateLimitBackend,
+    /// How long a request waits for Redis before `on_error` applies.
+    pub timeout: Duration,
+    pub on_error: RedisFailure,
+}
+
+impl Default for RateLimitStoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: RateLimitBackend::Memory,
+            timeout: Self::DEFAULT_TIMEOUT,
+            on_error: RedisFailure::Local,
+        }
+    }
+}
+
+impl RateLimitStoreConfig {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateLimitBackend {
+    /// Counters in this process.
+    Memory,
+    /// Counters in Redis, shared by every instance using it.
+    Redis(RedisUrl),
+}
+
+/// A Redis URL; it may carry a password, so `Debug` shows only the host.
+#[derive(Clone, PartialEq)]
+pub struct RedisUrl(pub Url);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "redis://{}:{}",
+            self.0.host_str().unwrap_or_default(),
+            self.0.port().unwrap_or(6379)
+        )
+    }
+}
+
+/// What happens when Redis does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// Count in this process until Redis is back.
+    Local,
+    /// Let the request through.
+    Allow,
+    /// Answer 429.
+    Deny,
 }

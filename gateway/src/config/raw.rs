@@ -35,6 +35,153 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Option<RawAuth>")]
     pub auth: Option<Spanned<RawAuth>>,
+    /// Named rate-limit policies; routes pick one with `rate_limit`, `[server]` can set a default.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawRateLimit>")]
+    pub rate_limits: BTreeMap<Str, Spanned<RawRateLimit>>,
+    /// Where rate-limit counters live: in this process (default) or in Redis, shared by every
+    /// gateway instance that points at it.
+    #[serde(default)]
+    #[schemars(with = "Option<RawRateLimitStore>")]
+    pub rate_limit_store: Option<Spanned<RawRateLimitStore>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "RateLimit")]
+pub struct RawRateLimit {
+    /// Requests allowed per `per` in the long run, per key.
+    #[schemars(with = "u32", range(min = 1))]
+    pub requests: Spanned<i64>,
+    /// The window `requests` are spread over, like "1s" or "1m".
+    #[schemars(with = "String")]
+    pub per: Str,
+    /// Requests a key may make at once after being idle. Default: `requests`.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub burst: Option<Spanned<i64>>,
+    /// What a quota belongs to: "client" (the caller's identity, else its IP; the default),
+    /// "ip" (the client IP, X-Forwarded-For believed only from `trusted_proxies`) or "global"
+    /// (one quota for everyone on the route).
+    #[schemars(with = "Option<RateLimitKeySchema>")]
+    pub key: Option<Str>,
+    /// Quotas by the value of one of the caller's claims, like `claim = "plan"` and
+    /// `gold = { requests = 1000, per = "1m" }`; other values (and anonymous callers) get the
+    /// policy's own quota.
+    #[schemars(with = "Option<RawTiersSchema>")]
+    pub tiers: Option<Spanned<RawTiers>>,
+}
+
+/// Which quota a request counts against. (Schema only: validation reads the string.)
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "RateLimitKey")]
+#[allow(dead_code)]
+enum RateLimitKeySchema {
+    Client,
+    Ip,
+    Global,
+}
+
+/// `[rate_limits.NAME.tiers]`: `claim` plus any number of `TIER = { requests, per, burst }`.
+#[derive(Debug)]
+pub struct RawTiers {
+    pub claim: Option<Str>,
+    pub tiers: Vec<(Str, Spanned<RawTier>)>,
+}
+
+impl<'de> Deserialize<'de> for RawTiers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawTiers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`claim = \"NAME\"` and tiers like `gold = { requests = 1000, per = \"1m\" }`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawTiers, A::Error> {
+                let mut out = RawTiers {
+                    claim: None,
+                    tiers: Vec::new(),
+                };
+                while let Some(key) = map.next_key::<Str>()? {
+                    if key.get_ref() == "claim" {
+                        out.claim = Some(map.next_value()?);
+                    } else {
+                        out.tiers.push((key, map.next_value()?));
+                    }
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// `[rate_limits.NAME.tiers]` as editors see it.
+#[derive(JsonSchema)]
+#[schemars(rename = "RateLimitTiers")]
+#[allow(dead_code)]
+struct RawTiersSchema {
+    /// The claim whose value names the tier, like "plan".
+    claim: String,
+    /// One quota per claim value.
+    #[serde(flatten)]
+    tiers: BTreeMap<String, RawTier>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "RateLimitTier")]
+pub struct RawTier {
+    /// Requests allowed per `per` for callers of this tier.
+    #[schemars(with = "u32", range(min = 1))]
+    pub requests: Spanned<i64>,
+    /// The window, like "1m".
+    #[schemars(with = "String")]
+    pub per: Str,
+    /// Requests at once after being idle. Default: `requests`.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub burst: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "RateLimitStore")]
+pub struct RawRateLimitStore {
+    /// "memory" (default: each gateway instance counts on its own) or "redis" (instances share
+    /// one count).
+    #[schemars(with = "Option<RateLimitBackendSchema>")]
+    pub backend: Option<Str>,
+    /// The Redis server, like "redis://127.0.0.1:6379" or "redis://:password@host:6379/0".
+    #[schemars(with = "Option<String>")]
+    pub url: Option<Str>,
+    /// When Redis cannot answer within `timeout`: "local" (count in this process meanwhile; the
+    /// default), "allow" (let requests through) or "deny" (answer 429).
+    #[schemars(with = "Option<OnErrorSchema>")]
+    pub on_error: Option<Str>,
+    /// How long a request waits for Redis before `on_error` applies. Default "50ms".
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Str>,
+}
+
+/// (Schema only.)
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "RateLimitBackend")]
+#[allow(dead_code)]
+enum RateLimitBackendSchema {
+    Memory,
+    Redis,
+}
+
+/// (Schema only.)
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "RateLimitOnError")]
+#[allow(dead_code)]
+enum OnErrorSchema {
+    Local,
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -157,6 +304,9 @@ pub struct RawServer {
     /// CIDRs or IPs of proxies whose X-Forwarded-* headers are believed. Default none.
     #[schemars(with = "Option<Vec<String>>")]
     pub trusted_proxies: Option<Vec<Str>>,
+    /// The `[rate_limits.NAME]` policy of routes that set no `rate_limit`. Default: none.
+    #[schemars(with = "Option<String>")]
+    pub rate_limit: Option<Str>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -199,6 +349,10 @@ pub struct RawRoute {
     /// Scopes the caller must all hold (403 otherwise). Needs `auth` "required" or "optional".
     #[schemars(with = "Option<Vec<String>>")]
     pub scopes: Option<Spanned<Vec<Str>>>,
+    /// The `[rate_limits.NAME]` policy of this route, or "none" to opt out of the server's
+    /// default policy.
+    #[schemars(with = "Option<String>")]
+    pub rate_limit: Option<Str>,
 }
 
 /// Whether callers must be authenticated. (Schema only: validation reads the string.)

@@ -11,6 +11,7 @@ use serde_spanned::Spanned;
 use url::Url;
 
 mod auth;
+mod ratelimit;
 
 use super::diagnostics::Diagnostics;
 use super::interpolate::{Env, interpolate};
@@ -20,9 +21,13 @@ use super::raw::{RawConfig, RawRoute, RawServer, RawService, Str};
 /// Checks a parsed file and builds the domain config. Errors are left in `diag`.
 pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Config {
     let mut v = Validator { env, diag };
-    let server = match raw.server {
-        Some(server) => v.server(server.into_inner()),
-        None => ServerConfig::default(),
+    let (mut server, server_rate_limit) = match raw.server {
+        Some(server) => {
+            let mut server = server.into_inner();
+            let rate_limit = server.rate_limit.take();
+            (v.server(server), rate_limit)
+        }
+        None => (ServerConfig::default(), None),
     };
     let services: Vec<ServiceConfig> = raw
         .services
@@ -30,19 +35,44 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         .filter_map(|(name, svc)| v.service(name, svc))
         .collect();
     let auth = v.auth_section(raw.auth);
+    let rate_limits = v.rate_limits(raw.rate_limits);
+    let rate_limit_store = v.rate_limit_store(raw.rate_limit_store);
     let service_names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-    let has_provider = auth.has_provider();
+    let policy_names: Vec<&str> = rate_limits.iter().map(|p| p.name.as_str()).collect();
+    let default_policy = match &server_rate_limit {
+        Some(value) => v
+            .string(value)
+            .filter(|name| v.known_policy(name, &value.span(), &policy_names)),
+        None => None,
+    };
+    let ctx = RouteContext {
+        services: &service_names,
+        has_provider: auth.has_provider(),
+        policies: &policy_names,
+        default_policy: default_policy.as_deref(),
+    };
     let routes = raw
         .routes
         .into_iter()
-        .filter_map(|r| v.route(r, &service_names, has_provider))
+        .filter_map(|r| v.route(r, &ctx))
         .collect();
+    server.rate_limit = default_policy;
     Config {
         server,
         services,
         routes,
         auth,
+        rate_limits,
+        rate_limit_store,
     }
+}
+
+/// What a route may refer to.
+struct RouteContext<'a> {
+    services: &'a [&'a str],
+    has_provider: bool,
+    policies: &'a [&'a str],
+    default_policy: Option<&'a str>,
 }
 
 struct Validator<'a, 'd, 's> {
@@ -165,6 +195,7 @@ impl Validator<'_, '_, '_> {
                 d.max_connections,
             ),
             trusted_proxies,
+            rate_limit: None,
         }
     }
 
@@ -232,12 +263,8 @@ impl Validator<'_, '_, '_> {
         None
     }
 
-    fn route(
-        &mut self,
-        raw: Spanned<RawRoute>,
-        services: &[&str],
-        has_provider: bool,
-    ) -> Option<RouteConfig> {
+    fn route(&mut self, raw: Spanned<RawRoute>, ctx: &RouteContext<'_>) -> Option<RouteConfig> {
+        let services = ctx.services;
         let span = raw.span();
         let location = self.diag.source().location(&span);
         let raw = raw.into_inner();
@@ -268,8 +295,9 @@ impl Validator<'_, '_, '_> {
                 "`strip_prefix` only applies to `prefix` routes; remove it from this `path` route",
             );
         }
-        let auth = self.auth(&raw.auth, &span, has_provider);
+        let auth = self.auth(&raw.auth, &span, ctx.has_provider);
         let scopes = self.scopes(&raw.scopes, auth);
+        let rate_limit = self.route_rate_limit(&raw.rate_limit, ctx.default_policy, ctx.policies);
         Some(RouteConfig {
             path: path?,
             methods: methods.flatten(),
@@ -277,6 +305,7 @@ impl Validator<'_, '_, '_> {
             strip_prefix,
             auth: auth?,
             scopes,
+            rate_limit,
             location,
         })
     }

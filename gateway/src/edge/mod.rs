@@ -121,6 +121,18 @@ impl Gateway {
             .auth
             .authenticate(&route.config, request.headers(), deadline)
             .await?;
+        // Rate limiting, per the route's policy and keyed on the identity (or the client address
+        // established above): a 429 here never reaches a backend or costs it anything.
+        let rate_limit = match &route.rate_limit {
+            Some(policy) => {
+                snapshot
+                    .rate_limits
+                    .check(policy, identity.as_deref(), &client)
+                    .await?
+            }
+            None => None,
+        };
+
         let mut request = request;
         // Hop-by-hop headers (and any the client named in Connection) were for this hop only:
         // dropped after authentication read the request as sent, and before the gateway adds its
@@ -130,7 +142,6 @@ impl Gateway {
             .auth
             .prepare_upstream(request.headers_mut(), identity.as_deref());
 
-        // Rate limiting plugs in here, keyed on the identity.
 
         let ctx = RequestContext {
             request_id: request_id.clone(),
@@ -138,7 +149,11 @@ impl Gateway {
             max_body_size,
             identity,
         };
-        proxy::forward(route, &path, request, &ctx, deadline).await
+        let mut response = proxy::forward(route, &path, request, &ctx, deadline).await?;
+        if let Some(headers) = rate_limit {
+            headers.apply(response.headers_mut());
+        }
+        Ok(response)
     }
 }
 

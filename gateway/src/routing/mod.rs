@@ -16,13 +16,15 @@ use matchit::{InsertError, Router};
 
 use crate::config::{AuthMode, ConfigError, PathMatch, RouteConfig};
 use crate::error::GatewayError;
+use crate::ratelimit::Policy;
 use crate::upstream::Upstream;
 
-/// A route ready to serve: its config and the upstream it forwards to.
+/// A route ready to serve: its config, the upstream it forwards to and its rate-limit policy.
 #[derive(Debug)]
 pub struct Route {
     pub config: RouteConfig,
     pub upstream: Arc<Upstream>,
+    pub rate_limit: Option<Arc<Policy>>,
 }
 
 impl Route {
@@ -243,6 +245,7 @@ mod tests {
                 strip_prefix: true,
                 auth: AuthMode::None,
                 scopes: Vec::new(),
+                rate_limit: None,
                 location: Location {
                     file: "r.toml".into(),
                     line,
@@ -250,6 +253,7 @@ mod tests {
                 },
             },
             upstream: upstream(),
+            rate_limit: None,
         }
     }
 
