@@ -163,12 +163,14 @@ fn try_lines(gw: &str, token: Option<&str>) -> String {
              curl -H \"Authorization: Bearer $TOKEN\" {gw}/api/users/u1\n  \
              curl -H \"Authorization: Bearer $TOKEN\" '{gw}/api/orders?userId=u1'\n  \
              curl -H \"Authorization: Bearer $TOKEN\" {gw}/echo    # see x-user-id as the backend does\n  \
-             curl -H \"Authorization: Bearer $TOKEN\" '{gw}/api/users/u1?delay_ms=300'   # slow backend\n"
+             curl -H \"Authorization: Bearer $TOKEN\" '{gw}/api/users/u1?delay_ms=300'   # slow backend\n  \
+             curl -si -H \"Authorization: Bearer $TOKEN\" {gw}/api/users | grep -i ratelimit   # the gold tier's quota\n"
         ));
     }
     out.push_str(&format!(
         "  curl -H 'x-api-key: demo-partner-key' '{gw}/api/orders?userId=u2'   # API key client\n  \
          curl -i '{gw}/api/products?fail=503'            # failing backend, passed through\n  \
+         for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' {gw}/api/products; done; echo   # 429s once the burst of 5 is used\n  \
          curl -i '{gw}/api/slow?delay_ms=2000'           # route with a 1s timeout: 504\n  \
          curl -i {gw}/nope                                # 404 in the gateway's error format\n\nCtrl-C to stop."
     ));

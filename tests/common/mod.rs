@@ -8,16 +8,24 @@ use std::time::Duration;
 
 use gateway::config::{Source, parse};
 use gateway::demo::backends::{self, DemoService, RunningBackend};
+use gateway::snapshot::Deps;
 use gateway::{Gateway, RunningServer, Snapshot};
 use tokio::net::TcpListener;
 
 /// A gateway serving `toml` (with `{NAME}` placeholders already filled in by the caller).
 pub async fn gateway(toml: &str) -> RunningServer {
+    gateway_with(toml, &Deps::default()).await
+}
+
+/// [`gateway`] with injected dependencies, like a fake rate-limiter clock
+/// (`gateway::ratelimit::LimiterClock::fake()`).
+pub async fn gateway_with(toml: &str, deps: &Deps) -> RunningServer {
     let source = Source::new("routes.toml", toml);
     let config = parse(&source, &|_| None)
         .and_then(|checked| checked.into_result())
         .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
-    let snapshot = Snapshot::build(config).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    let snapshot =
+        Snapshot::build_with(config, deps).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     RunningServer::start(Gateway::new(snapshot), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::config::JwtConfig;
 
-/// A token for user `u1` with the demo's scopes, valid for `ttl`; `None` when the config has no
+/// A token for user `u1` with the demo's scopes and the "gold" rate-limit tier, valid for `ttl`; `None` when the config has no
 /// HMAC key to sign with (a JWKS-only setup: tokens come from the identity provider).
 pub fn mint(jwt: &JwtConfig, ttl: Duration) -> Option<String> {
     let key = jwt
@@ -20,6 +20,7 @@ pub fn mint(jwt: &JwtConfig, ttl: Duration) -> Option<String> {
         "sub": "u1",
         "name": "Ada Lovelace",
         "scope": "users:read orders:read",
+        "plan": "gold",
         "iss": jwt.issuers.first()?,
         "iat": now,
         "exp": now + ttl.as_secs(),
