@@ -104,13 +104,13 @@ curl -sf -o /dev/null "http://127.0.0.1:$GW_PORT/" || { cat "$tmp/gateway.log"; 
 
 rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$GW_PID/status"; }
 
-# Each request carries the next client address (10.x.y.z); after KEYS requests wrk stops sending
-# new ones by itself (one wrk thread, so one counter).
+# Each request carries the next client address (10.x.y.z; one wrk thread, so one counter). After
+# KEYS requests the script drops a marker file, and wrk is stopped (it would otherwise run out -d).
 cat >"$tmp/keys.lua" <<EOF
 local n, keys = 0, $KEYS
 request = function()
   n = n + 1
-  if n > keys then wrk.thread:stop() end
+  if n == keys then local f = io.open("$tmp/done", "w"); f:write("done"); f:close() end
   local ip = string.format("10.%d.%d.%d", math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
   return wrk.format("GET", "/", { ["X-Forwarded-For"] = ip })
 end
@@ -119,7 +119,12 @@ EOF
 before=$(rss_mib)
 log "gateway RSS before: $before MiB; sending $KEYS distinct clients"
 start=$SECONDS
-taskset -c "$LOAD_CPU" wrk -t1 -c10 -d600s -s "$tmp/keys.lua" "http://127.0.0.1:$GW_PORT/" >"$tmp/wrk.txt" 2>&1 || true
+taskset -c "$LOAD_CPU" wrk -t1 -c10 -d900s -s "$tmp/keys.lua" "http://127.0.0.1:$GW_PORT/" >"$tmp/wrk.txt" 2>&1 &
+WRK_PID=$!
+while [[ ! -e $tmp/done ]] && kill -0 "$WRK_PID" 2>/dev/null; do sleep 0.2; done
+kill -INT "$WRK_PID" 2>/dev/null || true
+wait "$WRK_PID" || true
+[[ -e $tmp/done ]] || { cat "$tmp/wrk.txt"; die "wrk ended before sending $KEYS requests"; }
 loaded=$(rss_mib)
 sent=$(awk '/requests in/ { print $1 }' "$tmp/wrk.txt")
 log "wrk: $sent requests in $((SECONDS - start)) s ($(awk '/^Requests\/sec:/ { print $2 }' "$tmp/wrk.txt") req/s)"

@@ -94,10 +94,27 @@ async fn retain_loop(limiter: Weak<Keyed>) {
         // Both walk every shard under its write lock; off the async workers so requests on this
         // thread are not held up by a million-key sweep.
         let _ = tokio::task::spawn_blocking(move || {
+            let before = limiter.len();
             limiter.retain_recent();
             limiter.shrink_to_fit();
+            if before.saturating_sub(limiter.len()) >= RELEASE_AFTER_FORGETTING {
+                release_freed_memory();
+            }
         })
         .await;
+    }
+}
+
+/// Forgetting this many clients at once is worth handing the freed pages back to the OS.
+const RELEASE_AFTER_FORGETTING: usize = 10_000;
+
+/// glibc keeps freed heap memory for reuse; after a large sweep that memory (tens of MiB for a
+/// million clients) would otherwise stay in the RSS until the next burst of new clients.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
