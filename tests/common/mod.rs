@@ -2,6 +2,8 @@
 //! backends, all on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

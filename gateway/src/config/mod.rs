@@ -344,9 +344,15 @@ rate_limit = "none"
         assert_eq!(config.server.rate_limit.as_deref(), Some("default"));
         let policies: Vec<_> = config.routes.iter().map(|r| r.rate_limit.as_deref()).collect();
         assert_eq!(policies, [Some("default"), Some("per_ip"), None]);
-        assert!(matches!(config.rate_limit_store.backend, RateLimitBackend::Redis(_)));
+        assert!(matches!(
+            config.rate_limit_store.backend,
+            RateLimitBackend::Redis(_)
+        ));
         assert_eq!(config.rate_limit_store.on_error, RedisFailure::Deny);
-        assert_eq!(config.rate_limit_store.timeout, RateLimitStoreConfig::DEFAULT_TIMEOUT);
+        assert_eq!(
+            config.rate_limit_store.timeout,
+            RateLimitStoreConfig::DEFAULT_TIMEOUT
+        );
         // The Redis password never shows in Debug output.
         assert!(!format!("{config:?}").contains("hunter2"));
     }

@@ -51,11 +51,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         policies: &policy_names,
         default_policy: default_policy.as_deref(),
     };
-    let routes = raw
-        .routes
-        .into_iter()
-        .filter_map(|r| v.route(r, &ctx))
-        .collect();
+    let routes = raw.routes.into_iter().filter_map(|r| v.route(r, &ctx)).collect();
     server.rate_limit = default_policy;
     Config {
         server,

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::auth::Identity;
 use crate::error::GatewayError;
 use crate::proxy;
+use crate::ratelimit::RateLimitHeaders;
 use crate::snapshot::Snapshot;
 use forwarded::ClientAddr;
 use headers::strip_hop_by_hop;
@@ -66,13 +67,29 @@ impl Gateway {
     pub async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
         let request_id = request_id::from_request(request.headers());
         let method = request.method().clone();
-        let mut response = match self.pipeline(peer, &request_id, request).await {
+        let may_leave_body_unread = is_http1_with_body(&request);
+        let mut rate_limit = None;
+        let mut response = match self.pipeline(peer, &request_id, request, &mut rate_limit).await {
             Ok(response) => response,
             Err(e) => {
                 tracing::debug!(%method, status = e.status().as_u16(), code = e.code(), request_id = ?request_id, "gateway error");
-                e.to_response(&request_id)
+                let mut response = e.to_response(&request_id);
+                // An error can come before the request body was read (a 401 or 429 to an
+                // upload). hyper then closes the connection after the response rather than read
+                // an unbounded body; saying so lets the client open a new one instead of sending
+                // its next request into a closing socket.
+                if may_leave_body_unread {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         };
+        // A counted request reports its quota whatever the answer (a 429, or a 502 from upstream).
+        if let Some(headers) = rate_limit {
+            headers.apply(response.headers_mut());
+        }
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         response
     }
@@ -82,6 +99,7 @@ impl Gateway {
         peer: SocketAddr,
         request_id: &HeaderValue,
         request: Request<Incoming>,
+        rate_limit_headers: &mut Option<RateLimitHeaders>,
     ) -> Result<Response<Body>, GatewayError> {
         // One snapshot for the whole request: a reload mid-request never mixes two configs.
         let snapshot = self.snapshot.load_full();
@@ -123,15 +141,12 @@ impl Gateway {
             .await?;
         // Rate limiting, per the route's policy and keyed on the identity (or the client address
         // established above): a 429 here never reaches a backend or costs it anything.
-        let rate_limit = match &route.rate_limit {
-            Some(policy) => {
-                snapshot
-                    .rate_limits
-                    .check(policy, identity.as_deref(), &client)
-                    .await?
-            }
-            None => None,
-        };
+        if let Some(policy) = &route.rate_limit {
+            *rate_limit_headers = snapshot
+                .rate_limits
+                .check(policy, identity.as_deref(), &client)
+                .await?;
+        }
 
         let mut request = request;
         // Hop-by-hop headers (and any the client named in Connection) were for this hop only:
@@ -142,19 +157,22 @@ impl Gateway {
             .auth
             .prepare_upstream(request.headers_mut(), identity.as_deref());
 
-
         let ctx = RequestContext {
             request_id: request_id.clone(),
             client,
             max_body_size,
             identity,
         };
-        let mut response = proxy::forward(route, &path, request, &ctx, deadline).await?;
-        if let Some(headers) = rate_limit {
-            headers.apply(response.headers_mut());
-        }
-        Ok(response)
+        proxy::forward(route, &path, request, &ctx, deadline).await
     }
+}
+
+/// An HTTP/1 request that announces a body (HTTP/2 streams need no connection-level cleanup).
+fn is_http1_with_body<B>(request: &Request<B>) -> bool {
+    request.version() <= Version::HTTP_11
+        && (request.headers().contains_key(TRANSFER_ENCODING)
+            || declared_length(request.headers()).is_none_or(|len| len > 0)
+                && request.headers().contains_key(CONTENT_LENGTH))
 }
 
 /// hyper already refuses differing Content-Lengths and non-numeric ones, and when a request has

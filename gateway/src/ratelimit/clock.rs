@@ -7,7 +7,10 @@ use governor::nanos::Nanos;
 /// A monotonic clock: quanta's (cheap, TSC-based) in production, or a fake one a test advances.
 #[derive(Debug, Clone)]
 pub enum LimiterClock {
-    Real { clock: QuantaClock, start: QuantaInstant },
+    Real {
+        clock: QuantaClock,
+        start: QuantaInstant,
+    },
     Fake(FakeRelativeClock),
 }
 

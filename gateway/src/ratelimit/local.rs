@@ -73,6 +73,10 @@ impl LocalLimiter {
         self.limiter.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
+
     /// Starts forgetting idle clients (those whose quota is full again, indistinguishable from
     /// new ones) every few seconds, for as long as this limiter lives: without it, every client
     /// ever seen would stay in memory.
@@ -154,12 +158,18 @@ mod tests {
         assert_eq!(retry_after, Duration::from_secs(60));
         assert_eq!(reset, Duration::from_secs(300));
         // Another client is unaffected.
-        assert!(matches!(limiter.check(8, &q), Verdict::Allowed { remaining: 4, .. }));
+        assert!(matches!(
+            limiter.check(8, &q),
+            Verdict::Allowed { remaining: 4, .. }
+        ));
 
         fake.advance(Duration::from_secs(59));
         assert!(matches!(limiter.check(7, &q), Verdict::Denied { .. }));
         fake.advance(Duration::from_secs(1));
-        assert!(matches!(limiter.check(7, &q), Verdict::Allowed { remaining: 0, .. }));
+        assert!(matches!(
+            limiter.check(7, &q),
+            Verdict::Allowed { remaining: 0, .. }
+        ));
         assert!(matches!(limiter.check(7, &q), Verdict::Denied { .. }));
     }
 

@@ -172,12 +172,13 @@ impl Policy {
 
     /// The tier named by the caller's claim, else the policy's own quota.
     fn limit_for(&self, identity: Option<&Identity>) -> &Limit {
-        let tier = self.tiers.as_ref().and_then(|(claim, tiers)| {
-            match identity?.claims.get(claim)? {
+        let tier = self
+            .tiers
+            .as_ref()
+            .and_then(|(claim, tiers)| match identity?.claims.get(claim)? {
                 Value::String(value) => tiers.get(value),
                 _ => None,
-            }
-        });
+            });
         tier.unwrap_or(&self.base)
     }
 
@@ -240,11 +241,8 @@ struct Limit {
 
 impl Limit {
     fn new(label: String, quota: RateQuota, clock: &LimiterClock) -> Self {
-        let policy = format!(
-            "\"{label}\";q={};w={}",
-            quota.requests,
-            ceil_secs(quota.per).max(1)
-        );
+        let (q, w) = header_quota(&quota);
+        let policy = format!("\"{label}\";q={q};w={w}");
         Self {
             local: LocalLimiter::new(&quota, clock.clone()),
             policy_header: HeaderValue::try_from(policy).unwrap_or(HeaderValue::from_static("")),
@@ -268,6 +266,40 @@ impl Limit {
     }
 }
 
+/// `q` requests per `w` seconds for `RateLimit-Policy`, whose window is whole seconds: a window
+/// like "500ms" is stated as the equivalent over the next whole second (10 per 500ms → q=20;w=1).
+fn header_quota(quota: &RateQuota) -> (u64, u64) {
+    let w = ceil_secs(quota.per).max(1);
+    if quota.per == Duration::from_secs(w) {
+        return (u64::from(quota.requests.get()), w);
+    }
+    let q = u128::from(quota.requests.get()) * u128::from(w) * 1_000_000_000 / quota.per.as_nanos().max(1);
+    (u64::try_from(q).unwrap_or(u64::MAX), w)
+}
+
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    fn quota(requests: u32, per: Duration) -> RateQuota {
+        let requests = NonZeroU32::new(requests).unwrap();
+        RateQuota {
+            requests,
+            per,
+            burst: requests,
+        }
+    }
+
+    #[test]
+    fn policy_windows_are_whole_seconds_at_the_same_rate() {
+        assert_eq!(header_quota(&quota(100, Duration::from_secs(60))), (100, 60));
+        assert_eq!(header_quota(&quota(10, Duration::from_millis(500))), (20, 1));
+        assert_eq!(header_quota(&quota(3, Duration::from_millis(1500))), (4, 2));
+    }
 }

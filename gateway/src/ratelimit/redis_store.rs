@@ -109,7 +109,9 @@ impl RedisStore {
             Some(ProbeGuard(&self.probing))
         };
 
-        let interval = u64::try_from(quota.interval().as_micros()).unwrap_or(u64::MAX).max(1);
+        let interval = u64::try_from(quota.interval().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut conn = manager.clone();
         let mut invocation = self.script.key(key);
         invocation.arg(interval).arg(quota.burst.get());
@@ -136,8 +138,12 @@ impl RedisStore {
             failure => {
                 if down_until == 0 {
                     match failure {
-                        Ok(Err(e)) => tracing::warn!(error = %e, "Redis rate-limit call failed; applying `on_error`"),
-                        _ => tracing::warn!(timeout = ?self.timeout, "Redis did not answer in time; applying `on_error`"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "Redis rate-limit call failed; applying `on_error`")
+                        }
+                        _ => {
+                            tracing::warn!(timeout = ?self.timeout, "Redis did not answer in time; applying `on_error`")
+                        }
                     }
                 }
                 let until = self.epoch.elapsed() + BACKOFF;

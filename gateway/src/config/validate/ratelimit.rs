@@ -70,7 +70,12 @@ impl Validator<'_, '_, '_> {
         })
     }
 
-    fn quota(&mut self, requests: &Spanned<i64>, per: &Str, burst: &Option<Spanned<i64>>) -> Option<RateQuota> {
+    fn quota(
+        &mut self,
+        requests: &Spanned<i64>,
+        per: &Str,
+        burst: &Option<Spanned<i64>>,
+    ) -> Option<RateQuota> {
         let requests = self.positive(requests, "requests");
         let burst = match burst {
             Some(burst) => Some(self.positive(burst, "burst")?),
@@ -115,7 +120,8 @@ impl Validator<'_, '_, '_> {
             Some(claim) => self.string(claim).filter(|c| {
                 let ok = !c.is_empty();
                 if !ok {
-                    self.diag.error(&claim.span(), "`claim` must name a claim, like \"plan\"");
+                    self.diag
+                        .error(&claim.span(), "`claim` must name a claim, like \"plan\"");
                 }
                 ok
             }),
@@ -156,7 +162,10 @@ impl Validator<'_, '_, '_> {
         Some(RateLimitTiers { claim: claim?, tiers })
     }
 
-    pub(super) fn rate_limit_store(&mut self, raw: Option<Spanned<RawRateLimitStore>>) -> RateLimitStoreConfig {
+    pub(super) fn rate_limit_store(
+        &mut self,
+        raw: Option<Spanned<RawRateLimitStore>>,
+    ) -> RateLimitStoreConfig {
         let mut store = RateLimitStoreConfig::default();
         let Some(raw) = raw else { return store };
         let span = raw.span();
