@@ -582,6 +582,25 @@ async fn demo_serves_the_bundled_backends_through_the_repos_routes() {
     assert_eq!(ids, ["o1", "o2"]);
     assert!(orders.iter().all(|o| o["userId"] == "u1"), "{orders:?}");
 
+    // Rate limits: the server default counts per client; the public catalog per IP, 5 at once.
+    let r = c
+        .get(format!("{gw}/api/users/u1"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["ratelimit-policy"], r#""default";q=60;w=60"#);
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let r = c.get(format!("{gw}/api/products")).send().await.unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            error_body(r, 429, "RATE_LIMITED").await;
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+
     let r = c.get(format!("{gw}/nope")).send().await.unwrap();
     let body = error_body(r, 404, "ROUTE_NOT_FOUND").await;
     assert_eq!(body["error"]["message"], "no route for GET /nope");
