@@ -193,7 +193,7 @@ impl JwksServer {
 
     /// Waits until the gateway fetched the JWKS at least `n` times.
     async fn wait_for_hits(&self, n: usize) {
-        eventually(&format!("{n} JWKS fetch(es)"), async || self.hits() >= n).await;
+        common::eventually(&format!("{n} JWKS fetch(es)"), async || self.hits() >= n).await;
     }
 
     /// Waits for the gateway's startup fetch, and a moment for it to parse the answer: a token
@@ -380,17 +380,6 @@ async fn assert_invalid_token(r: reqwest::Response, token: &str, what: &str) {
     }
 }
 
-/// Polls `check` every 50 ms until it holds, failing after 10 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let polled = tokio::time::timeout(TIMEOUT, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(polled.is_ok(), "timed out waiting for {what}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Valid tokens of every algorithm family
 
@@ -490,7 +479,7 @@ async fn a_new_kid_in_the_jwks_is_accepted_without_restart() {
     let env = env("", &jwks_settings(&url, "5m", "30s")).await;
     jwks.wait_loaded().await;
     let t1 = sign(Algorithm::RS256, "rsa", "k1", &claims("u1"));
-    eventually("k1 accepted", async || {
+    common::eventually("k1 accepted", async || {
         env.status_with_token("/echo", &t1).await == 200
     })
     .await;
@@ -523,7 +512,7 @@ async fn a_key_removed_from_the_jwks_is_rejected_after_a_refresh_even_for_cached
 
     let t1 = sign(Algorithm::RS256, "rsa", "k1", &claims("u1"));
     let t2 = sign(Algorithm::RS256, "rsa2", "k2", &claims("u2"));
-    eventually("k1 accepted", async || {
+    common::eventually("k1 accepted", async || {
         env.status_with_token("/echo", &t1).await == 200
     })
     .await;
@@ -535,7 +524,7 @@ async fn a_key_removed_from_the_jwks_is_rejected_after_a_refresh_even_for_cached
 
     // k1 is withdrawn (say, compromised): the cached t1 must stop working.
     jwks.set(vec![jwk("rsa2", Algorithm::RS256, "k2")]);
-    eventually("the cached k1 token rejected", async || {
+    common::eventually("the cached k1 token rejected", async || {
         env.status_with_token("/echo", &t1).await == 401
     })
     .await;
@@ -560,7 +549,7 @@ async fn a_key_removed_from_the_jwks_is_rejected_after_a_refresh_even_for_cached
 
     // k2 keeps its kid but gets new key material: tokens of the old k2 key stop working too.
     jwks.set(vec![jwk("ec256", Algorithm::ES256, "k2")]);
-    eventually("the cached old-k2 token rejected", async || {
+    common::eventually("the cached old-k2 token rejected", async || {
         env.status_with_token("/echo", &t2).await == 401
     })
     .await;
@@ -636,7 +625,7 @@ async fn jwks_down_at_startup_gives_503_until_it_comes_up() {
     // The provider comes up on that address; the gateway recovers without a restart.
     let jwks = JwksServer::new(vec![jwk("rsa2", Algorithm::RS256, "idp-1")]);
     jwks.start_on(addr).await;
-    eventually("the JWKS token accepted", async || {
+    common::eventually("the JWKS token accepted", async || {
         env.status_with_token("/echo", &token).await == 200
     })
     .await;
@@ -699,7 +688,7 @@ async fn forged_expired_and_malformed_tokens_are_401() {
     let url = jwks.start().await;
     let env = env("", &jwks_settings(&url, "5m", "30s")).await;
     let jwks_valid = sign(Algorithm::RS256, "rsa2", "jwks-rs", &claims("u1"));
-    eventually("the JWKS loaded", async || {
+    common::eventually("the JWKS loaded", async || {
         env.status_with_token("/echo", &jwks_valid).await == 200
     })
     .await;

@@ -224,17 +224,6 @@ fn pass_then_deny(n: usize, m: usize) -> Vec<u16> {
     [vec![200; n], vec![429; m]].concat()
 }
 
-/// Polls `check` every 50 ms until it holds, failing after 10 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let polled = tokio::time::timeout(TIMEOUT, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(polled.is_ok(), "timed out waiting for {what}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Burst, 429, Retry-After and the RateLimit headers
 
@@ -850,7 +839,7 @@ impl Pair {
     }
 
     async fn eventually_shared(&self, what: &str) {
-        eventually(what, async || self.shares_one_quota().await).await;
+        common::eventually(what, async || self.shares_one_quota().await).await;
     }
 }
 

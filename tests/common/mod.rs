@@ -127,3 +127,14 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
 }
 
 pub const USERS: DemoService = DemoService::Users;
+
+/// Polls `check` every 50 ms until it holds, failing after 10 s.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let polled = tokio::time::timeout(Duration::from_secs(10), async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "timed out waiting for {what}");
+}
