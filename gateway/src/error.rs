@@ -38,6 +38,15 @@ pub enum GatewayError {
     /// since startup): the token may well be valid, so this is not a 401.
     #[error("the keys to verify this token are not available yet; retry shortly")]
     AuthUnavailable,
+    /// The service's bulkhead is full: too many requests to it are in flight.
+    #[error("the upstream service is overloaded; retry shortly")]
+    UpstreamOverloaded,
+    /// The service's circuit breaker is open after too many failures.
+    #[error("the upstream service is failing; retry in {retry_after} s")]
+    CircuitOpen { retry_after: u64 },
+    /// Every instance of the service failed its health checks.
+    #[error("no healthy instance of the upstream service; retry shortly")]
+    NoHealthyUpstream,
     /// The client is over its quota; it may retry after `retry_after` seconds.
     #[error("too many requests: retry in {retry_after} s")]
     RateLimited {
@@ -106,6 +115,9 @@ impl GatewayError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamOverloaded | Self::CircuitOpen { .. } | Self::NoHealthyUpstream => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -122,6 +134,9 @@ impl GatewayError {
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::AuthUnavailable => "AUTH_UNAVAILABLE",
             Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::UpstreamOverloaded => "UPSTREAM_OVERLOADED",
+            Self::CircuitOpen { .. } => "CIRCUIT_OPEN",
+            Self::NoHealthyUpstream => "NO_HEALTHY_UPSTREAM",
         }
     }
 
@@ -166,6 +181,12 @@ impl GatewayError {
             }
             Self::AuthUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::UpstreamOverloaded | Self::NoHealthyUpstream => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::CircuitOpen { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from((*retry_after).max(1)));
             }
             Self::RateLimited {
                 retry_after,

@@ -111,9 +111,12 @@ impl Snapshot {
     }
 
     /// Starts the snapshot's background work (JWKS refresh, forgetting idle rate-limit clients,
-    /// connecting to Redis); it stops when the snapshot is dropped.
+    /// connecting to Redis, health checks); it stops when the snapshot is dropped.
     pub fn start(&self) {
         self.auth.start();
         self.rate_limits.start();
+        for upstream in &self.upstreams {
+            upstream.start();
+        }
     }
 }

@@ -24,7 +24,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::time::Instant;
 
 use super::jwt::{Policy, VerifyKey};
-use crate::config::{JwksConfig, Location, ServiceConfig};
+use crate::config::{JwksConfig, ServiceConfig};
 use crate::upstream::{Upstream, UpstreamRequest};
 
 /// A JWKS larger than this is refused (real ones are a few KiB).
@@ -85,12 +85,11 @@ impl Jwks {
         let mut base = config.url.clone();
         base.set_query(None);
         base.set_fragment(None);
+        // The refresh loop backs off by itself; a breaker would only delay recovery.
         let service = ServiceConfig {
-            name: "jwks".to_owned(),
-            urls: vec![base],
             connect_timeout: Duration::from_secs(2),
-            timeout: Duration::from_secs(5),
-            location: Location::default(),
+            circuit_breaker: None,
+            ..ServiceConfig::new("jwks", vec![base])
         };
         Ok(Self {
             upstream: Upstream::new(&service)?,

@@ -78,12 +78,128 @@ pub struct ServiceConfig {
     pub connect_timeout: Duration,
     /// Per attempt, until the response headers; also the longest pause between body chunks.
     pub timeout: Duration,
+    pub load_balancing: LoadBalancing,
+    /// Requests in flight at most (the bulkhead).
+    pub max_concurrent: usize,
+    pub health_check: Option<HealthCheckConfig>,
+    /// `None`: no breaker.
+    pub circuit_breaker: Option<BreakerConfig>,
+    pub retry: RetryConfig,
     pub location: Location,
 }
 
 impl ServiceConfig {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_MAX_CONCURRENT: usize = 1024;
+
+    /// A service with every default, for tests and tools.
+    pub fn new(name: &str, urls: Vec<Url>) -> Self {
+        Self {
+            name: name.to_owned(),
+            urls,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            timeout: Self::DEFAULT_TIMEOUT,
+            load_balancing: LoadBalancing::default(),
+            max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
+            health_check: None,
+            circuit_breaker: Some(BreakerConfig::default()),
+            retry: RetryConfig::default(),
+            location: Location::default(),
+        }
+    }
+}
+
+/// How an instance is picked for each attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadBalancing {
+    RoundRobin,
+    /// Power of two choices: the one with fewer requests in flight of two picked at random.
+    #[default]
+    LeastRequests,
+    Random,
+}
+
+/// `[services.NAME.health_check]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// Under the instance's base path.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+/// `[services.NAME.circuit_breaker]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub failure_rate: f64,
+    pub min_requests: u32,
+    pub window: Duration,
+    pub open_for: Duration,
+    pub half_open_requests: u32,
+    pub slow_call: Option<Duration>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_rate: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(30),
+            half_open_requests: 3,
+            slow_call: None,
+        }
+    }
+}
+
+/// `[services.NAME.retry]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Tries in total.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub budget: f64,
+    pub min_retries_per_second: u32,
+    pub on: RetryOn,
+    pub max_body: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(1),
+            budget: 0.2,
+            min_retries_per_second: 10,
+            on: RetryOn::default(),
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+/// Which failed attempts are retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    pub connect: bool,
+    pub reset: bool,
+    pub timeout: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        Self {
+            connect: true,
+            reset: true,
+            timeout: false,
+            statuses: vec![502, 503, 504],
+        }
+    }
 }
 
 /// How a route matches the request path.
@@ -124,6 +240,8 @@ pub struct RouteConfig {
     pub auth: AuthMode,
     /// Scopes the caller must all hold.
     pub scopes: Vec<String>,
+    /// The route's overall deadline, if it has its own (else the server's `request_timeout`).
+    pub timeout: Option<Duration>,
     /// The rate-limit policy that applies (the route's own or the server default); `None` means
     /// unlimited.
     pub rate_limit: Option<String>,

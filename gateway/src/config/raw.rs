@@ -322,6 +322,116 @@ pub struct RawService {
     /// Per attempt, until response headers; also the longest pause between body chunks. Default "5s".
     #[schemars(with = "Option<String>")]
     pub timeout: Option<Str>,
+    /// How an instance is picked: "round_robin", "least_requests" (the default: the less busy of
+    /// two random instances) or "random".
+    #[schemars(with = "Option<LoadBalancingSchema>")]
+    pub load_balancing: Option<Str>,
+    /// Bulkhead: requests in flight to this service at most (response bodies included); beyond
+    /// it, 503 UPSTREAM_OVERLOADED at once. Default 1024.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub max_concurrent: Option<Spanned<i64>>,
+    /// Active health checks of every instance (optional; passive outlier ejection is always on).
+    #[schemars(with = "Option<RawHealthCheck>")]
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// The service's circuit breaker (on by default with the defaults below).
+    #[schemars(with = "Option<RawCircuitBreaker>")]
+    pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
+    /// Retries of failed attempts (by default one retry of safe requests, within a budget).
+    #[schemars(with = "Option<RawRetry>")]
+    pub retry: Option<Spanned<RawRetry>>,
+}
+
+/// (Schema only.)
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(rename = "LoadBalancing")]
+#[allow(dead_code)]
+enum LoadBalancingSchema {
+    RoundRobin,
+    LeastRequests,
+    Random,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "HealthCheck")]
+pub struct RawHealthCheck {
+    /// The path probed with GET on each instance (under its base path), like "/health"; 2xx is
+    /// healthy.
+    #[schemars(with = "String")]
+    pub path: Str,
+    /// Time between probes. Default "5s".
+    #[schemars(with = "Option<String>")]
+    pub interval: Option<Str>,
+    /// How long a probe may take. Default: the service's `timeout`, at most `interval`.
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Str>,
+    /// Consecutive failed probes that take an instance out. Default 3.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub unhealthy_after: Option<Spanned<i64>>,
+    /// Consecutive good probes that bring it back. Default 2.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub healthy_after: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "CircuitBreaker")]
+pub struct RawCircuitBreaker {
+    /// false turns the breaker off. Default true.
+    #[schemars(with = "Option<bool>")]
+    pub enabled: Option<Spanned<bool>>,
+    /// Open when this share of the calls in `window` failed (5xx, connect error, reset, timeout,
+    /// slow call). Default 0.5.
+    #[schemars(with = "Option<f64>", range(min = 0.0, max = 1.0))]
+    pub failure_rate: Option<Spanned<f64>>,
+    /// ... and at least this many calls were made in `window`. Default 20.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub min_requests: Option<Spanned<i64>>,
+    /// The rolling window the rate is measured over. Default "10s".
+    #[schemars(with = "Option<String>")]
+    pub window: Option<Str>,
+    /// How long it stays open (503 CIRCUIT_OPEN without calling the backend). Default "30s".
+    #[schemars(with = "Option<String>")]
+    pub open_for: Option<Str>,
+    /// Then this many probe calls go through; all succeed → closed, one fails → open again.
+    /// Default 3.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub half_open_requests: Option<Spanned<i64>>,
+    /// A call whose response headers take longer than this counts as failed. Default: off.
+    #[schemars(with = "Option<String>")]
+    pub slow_call: Option<Str>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Retry")]
+pub struct RawRetry {
+    /// Tries in total, the first included; 1 = no retries. Default 2.
+    #[schemars(with = "Option<u32>", range(min = 1, max = 10))]
+    pub attempts: Option<Spanned<i64>>,
+    /// Base of the exponential backoff (full jitter). Default "25ms".
+    #[schemars(with = "Option<String>")]
+    pub backoff: Option<Str>,
+    /// Longest wait between tries. Default "1s".
+    #[schemars(with = "Option<String>")]
+    pub max_backoff: Option<Str>,
+    /// Retries may add at most this share of the service's recent requests. Default 0.2.
+    #[schemars(with = "Option<f64>", range(min = 0.0, max = 1.0))]
+    pub budget: Option<Spanned<f64>>,
+    /// ... plus this many retries per second regardless, so a quiet service can still retry.
+    /// Default 10.
+    #[schemars(with = "Option<u32>")]
+    pub min_retries_per_second: Option<Spanned<i64>>,
+    /// What is retried: "connect" (no connection), "reset" (connection lost before the response),
+    /// "timeout" (no response within `timeout`) and status codes like "503". Default
+    /// ["connect", "reset", "502", "503", "504"].
+    #[schemars(with = "Option<Vec<String>>")]
+    pub on: Option<Spanned<Vec<Str>>>,
+    /// Request bodies up to this size are kept so they can be sent again; larger ones (and bodies
+    /// of unknown length) are streamed and never retried. Default "64KiB".
+    #[schemars(with = "Option<String>")]
+    pub max_body: Option<Str>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -349,6 +459,10 @@ pub struct RawRoute {
     /// Scopes the caller must all hold (403 otherwise). Needs `auth` "required" or "optional".
     #[schemars(with = "Option<Vec<String>>")]
     pub scopes: Option<Spanned<Vec<Str>>>,
+    /// This route's overall deadline (every upstream attempt included), instead of the server's
+    /// `request_timeout`.
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Str>,
     /// The `[rate_limits.NAME]` policy of this route, or "none" to opt out of the server's
     /// default policy.
     #[schemars(with = "Option<String>")]

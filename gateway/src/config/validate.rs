@@ -12,6 +12,7 @@ use url::Url;
 
 mod auth;
 mod ratelimit;
+mod resilience;
 
 use super::diagnostics::Diagnostics;
 use super::interpolate::{Env, interpolate};
@@ -226,11 +227,21 @@ impl Validator<'_, '_, '_> {
             ServiceConfig::DEFAULT_CONNECT_TIMEOUT,
         );
         let timeout = self.duration(&raw.timeout, "timeout", ServiceConfig::DEFAULT_TIMEOUT);
+        let load_balancing = self.load_balancing(&raw.load_balancing);
+        let max_concurrent = self.max_concurrent(&raw.max_concurrent, ServiceConfig::DEFAULT_MAX_CONCURRENT);
+        let health_check = self.health_check(raw.health_check, timeout);
+        let circuit_breaker = self.circuit_breaker(raw.circuit_breaker);
+        let retry = self.retry(raw.retry);
         name_ok.then(|| ServiceConfig {
             name: name.into_inner(),
             urls,
             connect_timeout,
             timeout,
+            load_balancing,
+            max_concurrent,
+            health_check,
+            circuit_breaker,
+            retry,
             location,
         })
     }
@@ -294,6 +305,10 @@ impl Validator<'_, '_, '_> {
         let auth = self.auth(&raw.auth, &span, ctx.has_provider);
         let scopes = self.scopes(&raw.scopes, auth);
         let rate_limit = self.route_rate_limit(&raw.rate_limit, ctx.default_policy, ctx.policies);
+        let timeout = raw
+            .timeout
+            .is_some()
+            .then(|| self.duration(&raw.timeout, "timeout", Duration::from_secs(30)));
         Some(RouteConfig {
             path: path?,
             methods: methods.flatten(),
@@ -301,6 +316,7 @@ impl Validator<'_, '_, '_> {
             strip_prefix,
             auth: auth?,
             scopes,
+            timeout,
             rate_limit,
             location,
         })

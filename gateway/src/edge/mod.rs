@@ -105,8 +105,9 @@ impl Gateway {
         let snapshot = self.snapshot.load_full();
         let server = &snapshot.config.server;
 
-        // The deadline covers everything from here to the response headers, retries included.
-        let deadline = Instant::now() + server.request_timeout;
+        // The deadline covers everything from here to the response headers, retries included
+        // (its length is the route's `timeout` or the server's `request_timeout`).
+        let start = Instant::now();
 
         // Who is calling: the TCP peer, or the client behind trusted proxies. Computed before any
         // header is touched so spoofed X-Forwarded-For from an untrusted peer is never believed.
@@ -131,6 +132,7 @@ impl Gateway {
 
         // Route match against this snapshot's table: 404 / 405 come from here.
         let route = snapshot.routes.lookup(request.method(), &path)?;
+        let deadline = start + route.config.timeout.unwrap_or(server.request_timeout);
 
         // Authentication per the route's `auth` and `scopes`, before anything reaches a backend.
         // The client's copies of identity headers are dropped on every route, so only the

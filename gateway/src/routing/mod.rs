@@ -226,13 +226,7 @@ mod tests {
     use crate::config::{Location, ServiceConfig};
 
     fn upstream() -> Arc<Upstream> {
-        let config = ServiceConfig {
-            name: "svc".into(),
-            urls: vec!["http://127.0.0.1:1".parse().unwrap()],
-            connect_timeout: ServiceConfig::DEFAULT_CONNECT_TIMEOUT,
-            timeout: ServiceConfig::DEFAULT_TIMEOUT,
-            location: Location::default(),
-        };
+        let config = ServiceConfig::new("svc", vec!["http://127.0.0.1:1".parse().unwrap()]);
         Arc::new(Upstream::new(&config).unwrap())
     }
 
@@ -245,6 +239,7 @@ mod tests {
                 strip_prefix: true,
                 auth: AuthMode::None,
                 scopes: Vec::new(),
+                timeout: None,
                 rate_limit: None,
                 location: Location {
                     file: "r.toml".into(),

@@ -1,6 +1,7 @@
 //! The one upstream client layer: every call to a backend service, from the REST proxy now and the
-//! GraphQL resolvers later, goes through [`Upstream::send`]. Timeouts live here, and retries,
-//! circuit breakers, bulkheads, load balancing and health will too, so they are written once.
+//! GraphQL resolvers later, goes through [`Upstream::send`]. Timeouts, retries (`retry`), the
+//! circuit breaker (`breaker`), the bulkhead, load balancing with outlier ejection and active
+//! health checks (`balance`) live here, so they are written once.
 //!
 //! One pooled hyper-util client per service (the layer reqwest is built on, used directly): its
 //! own keep-alive pool and connect timeout, http and https (rustls, webpki roots), redirects passed
@@ -10,50 +11,64 @@
 //! never uses and which cost a measured third of the proxy's throughput (see bench/README.md).
 
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, LengthLimitError};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+pub mod balance;
+pub mod breaker;
 mod idle_timeout;
+pub mod retry;
+mod window;
 
-use crate::config::ServiceConfig;
+use crate::config::{HealthCheckConfig, ServiceConfig};
 use crate::error::GatewayError;
+use balance::{Balancer, InFlight, Instance, InstanceStatus};
+use breaker::{Breaker, BreakerState};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
+use retry::{Outcome, RetryPolicy};
+
+/// Sent upstream with every attempt: the milliseconds this attempt has left (the smaller of the
+/// service's `timeout` and what remains of the client's deadline), so a backend can give up when
+/// nobody will wait for its answer any more.
+pub static X_REQUEST_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-request-timeout-ms");
 
 /// Any request body the gateway sends upstream (a client's streamed body, or one it built).
 pub type UpstreamBody = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
 
-/// A streamed upstream response body, cut off when the backend stalls between chunks.
-pub type UpstreamResponseBody = IdleTimeout<Incoming>;
+/// A streamed upstream response body, cut off when the backend stalls between chunks. It holds
+/// the request's bulkhead slot and its instance's in-flight count until it is done.
+pub type UpstreamResponseBody = Guarded<IdleTimeout<Incoming>>;
 
-/// A service's instances and the client that reaches them.
+/// A service's instances and the client that reaches them, with everything that keeps a slow or
+/// failing service from taking others down: bulkhead, circuit breaker, retries within a budget,
+/// load balancing with outlier ejection, and active health checks.
 #[derive(Debug)]
 pub struct Upstream {
     name: String,
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
-    instances: Vec<Instance>,
-    next: AtomicUsize,
+    balancer: Arc<Balancer>,
     timeout: Duration,
-}
-
-/// One instance's URL, pre-split so a request only appends its path.
-#[derive(Debug)]
-struct Instance {
-    scheme: Scheme,
-    authority: Authority,
-    /// The instance URL's path without its trailing slash ("" for none).
-    base_path: String,
+    bulkhead: Arc<Semaphore>,
+    max_concurrent: usize,
+    breaker: Option<Arc<Breaker>>,
+    retry: RetryPolicy,
+    health_check: Option<HealthCheckConfig>,
 }
 
 /// What to send: the path is already normalized; the query goes as it came.
@@ -74,6 +89,46 @@ pub enum BuildError {
     Tls(#[from] rustls::Error),
     #[error("\"{0}\" is not usable as an upstream address")]
     BadUrl(String),
+}
+
+/// A service's state for the admin API and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `None` when the service has no breaker.
+    pub breaker: Option<BreakerState>,
+    /// Requests in flight (bulkhead slots taken) and the limit.
+    pub in_flight: usize,
+    pub max_concurrent: usize,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// A request body as the attempts see it: nothing, kept bytes (sendable again), or a stream
+/// (sendable once).
+enum Payload {
+    Empty,
+    Kept(Bytes),
+    Stream(Option<UpstreamBody>),
+}
+
+impl Payload {
+    fn replayable(&self) -> bool {
+        !matches!(self, Payload::Stream(_))
+    }
+
+    fn next(&mut self) -> UpstreamBody {
+        match self {
+            Payload::Kept(bytes) => Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Payload::Stream(body) => body.take().unwrap_or_else(empty),
+            Payload::Empty => empty(),
+        }
+    }
+}
+
+fn empty() -> UpstreamBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 impl Upstream {
@@ -101,19 +156,27 @@ impl Upstream {
                 let authority = url[url::Position::BeforeHost..url::Position::AfterPort]
                     .parse()
                     .map_err(|_| bad())?;
-                Ok(Instance {
-                    scheme: url.scheme().parse().map_err(|_| bad())?,
+                Ok(Instance::new(
+                    url.scheme().parse().map_err(|_| bad())?,
                     authority,
-                    base_path: url.path().trim_end_matches('/').to_owned(),
-                })
+                    url.path().trim_end_matches('/').to_owned(),
+                    url.to_string(),
+                ))
             })
             .collect::<Result<_, BuildError>>()?;
         Ok(Self {
             name: config.name.clone(),
             client,
-            instances,
-            next: AtomicUsize::new(0),
+            balancer: Arc::new(Balancer::new(&config.name, config.load_balancing, instances)),
             timeout: config.timeout,
+            bulkhead: Arc::new(Semaphore::new(config.max_concurrent)),
+            max_concurrent: config.max_concurrent,
+            breaker: config
+                .circuit_breaker
+                .clone()
+                .map(|b| Arc::new(Breaker::new(b, &config.name))),
+            retry: RetryPolicy::new(config.retry.clone()),
+            health_check: config.health_check.clone(),
         })
     }
 
@@ -121,67 +184,274 @@ impl Upstream {
         &self.name
     }
 
+    /// Starts the active health checks, if configured, for as long as this upstream lives.
+    pub fn start(self: &Arc<Self>) {
+        if self.health_check.is_none() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(health_loop(Arc::downgrade(self)));
+        }
+    }
+
+    /// Health, breaker state and load of the service and its instances.
+    pub fn status(&self) -> ServiceStatus {
+        ServiceStatus {
+            name: self.name.clone(),
+            breaker: self.breaker.as_ref().map(|b| b.state()),
+            in_flight: self.max_concurrent - self.bulkhead.available_permits(),
+            max_concurrent: self.max_concurrent,
+            instances: self.balancer.status(),
+        }
+    }
+
     /// Sends one request and returns the response once its headers arrive; the body streams.
     ///
-    /// The attempt ends at the service's `timeout` or the request's `deadline`, whichever is
-    /// first; afterwards the body may pause at most `timeout` between chunks, so long streams
-    /// (SSE, downloads) live on while a backend that stalls mid-body is cut off.
+    /// In order: the bulkhead (a free slot, or 503 at once), the circuit breaker (closed, or 503
+    /// at once), an instance (available, or 503 at once), then the attempt, which ends at the
+    /// service's `timeout` or the request's `deadline`, whichever is first. A failed attempt is
+    /// tried again on another instance when the failure is one `retry.on` names, the request is
+    /// safe to repeat (idempotent method, `Idempotency-Key`, or never sent because no connection
+    /// could be made), its body was kept, the budget allows, and the wait fits in the deadline.
+    /// Once response headers are returned nothing is retried: the body streams to the client and
+    /// may pause at most `timeout` between chunks.
     pub async fn send(
         &self,
         request: UpstreamRequest<'_>,
         deadline: Instant,
     ) -> Result<Response<UpstreamResponseBody>, GatewayError> {
-        let uri = self.uri(request.path, request.query)?;
-        let body = request
-            .body
-            .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed_unsync());
-        let mut outgoing = Request::new(body);
-        *outgoing.method_mut() = request.method;
-        *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = request.headers;
-        let attempt_deadline = deadline.min(Instant::now() + self.timeout);
-        match tokio::time::timeout_at(attempt_deadline, self.client.request(outgoing)).await {
-            Ok(Ok(response)) => Ok(response.map(|body| IdleTimeout::new(body, self.timeout))),
-            Ok(Err(e)) => Err(self.classify(&e)),
-            Err(_) => {
-                tracing::warn!(service = %self.name, "upstream timed out");
-                Err(GatewayError::UpstreamTimeout)
+        let permit = self
+            .bulkhead
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::UpstreamOverloaded)?;
+        let UpstreamRequest {
+            method,
+            path,
+            query,
+            mut headers,
+            body,
+        } = request;
+        let idempotent = retry::is_idempotent(&method, &headers);
+        let attempts = self.retry.config.attempts;
+        let mut payload = self.payload(body, &headers, attempts, deadline).await?;
+        self.retry.deposit();
+
+        let mut avoid = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let ticket = match &self.breaker {
+                Some(breaker) => Some(breaker.admit().map_err(|wait| GatewayError::CircuitOpen {
+                    retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                })?),
+                None => None,
+            };
+            let in_flight = self.balancer.pick(avoid).ok_or(GatewayError::NoHealthyUpstream)?;
+            let may_repeat = attempt < attempts && payload.replayable();
+            let mut attempt_headers = if may_repeat {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            let started = Instant::now();
+            let attempt_deadline = deadline.min(started + self.timeout);
+            let left = attempt_deadline.saturating_duration_since(started).as_millis() as u64;
+            attempt_headers.insert(&X_REQUEST_TIMEOUT_MS, HeaderValue::from(left));
+            let mut outgoing = Request::new(payload.next());
+            *outgoing.method_mut() = method.clone();
+            *outgoing.uri_mut() = uri(in_flight.instance(), path, query)?;
+            *outgoing.headers_mut() = attempt_headers;
+
+            let (outcome, result) = match tokio::time::timeout_at(
+                attempt_deadline,
+                self.client.request(outgoing),
+            )
+            .await
+            {
+                Ok(Ok(response)) => (Outcome::Status(response.status()), Ok(response)),
+                Ok(Err(e)) if has_source::<LengthLimitError>(&e) => {
+                    return Err(GatewayError::PayloadTooLarge { limit: 0 });
+                }
+                Ok(Err(e)) => {
+                    let outcome = if e.is_connect() {
+                        Outcome::Connect
+                    } else {
+                        Outcome::Reset
+                    };
+                    tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&e), "upstream attempt failed");
+                    (outcome, Err(outcome))
+                }
+                Err(_) => {
+                    tracing::warn!(service = %self.name, instance = %in_flight.instance().url, "upstream attempt timed out");
+                    (Outcome::Timeout, Err(Outcome::Timeout))
+                }
+            };
+            let failed = outcome.is_failure();
+            if let Some(ticket) = ticket {
+                ticket.record(
+                    failed
+                        || self
+                            .breaker
+                            .as_ref()
+                            .is_some_and(|b| b.is_slow(started.elapsed())),
+                );
+            }
+            self.balancer.record(in_flight.index(), failed);
+
+            let retry =
+                may_repeat && (idempotent || outcome == Outcome::Connect) && self.retry.retries(outcome);
+            if retry {
+                let wait = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| retry::retry_after(r.headers()))
+                    .unwrap_or_else(|| self.retry.backoff(attempt));
+                if Instant::now() + wait < deadline && self.retry.withdraw() {
+                    tracing::debug!(service = %self.name, attempt, ?outcome, ?wait, "retrying");
+                    drop(result);
+                    avoid = Some(in_flight.index());
+                    drop(in_flight);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+            return match result {
+                Ok(response) => Ok(response.map(|body| Guarded {
+                    body: IdleTimeout::new(body, self.timeout),
+                    _permit: permit,
+                    _in_flight: in_flight,
+                })),
+                Err(Outcome::Timeout) => Err(GatewayError::UpstreamTimeout),
+                Err(_) => Err(GatewayError::UpstreamUnavailable),
+            };
+        }
+    }
+
+    /// Keeps a small body of a request that may be retried; streams everything else.
+    async fn payload(
+        &self,
+        body: Option<UpstreamBody>,
+        headers: &HeaderMap,
+        attempts: u32,
+        deadline: Instant,
+    ) -> Result<Payload, GatewayError> {
+        let Some(body) = body else {
+            return Ok(Payload::Empty);
+        };
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if attempts < 2 || declared.is_none_or(|len| len > self.retry.config.max_body) {
+            return Ok(Payload::Stream(Some(body)));
+        }
+        match tokio::time::timeout_at(deadline, body.collect()).await {
+            Ok(Ok(collected)) => Ok(Payload::Kept(collected.to_bytes())),
+            Ok(Err(e)) if has_source::<LengthLimitError>(&*e) => {
+                Err(GatewayError::PayloadTooLarge { limit: 0 })
+            }
+            Ok(Err(_)) => Err(GatewayError::BadRequest("the request body could not be read")),
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+        }
+    }
+}
+
+fn uri(instance: &Instance, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+    let query_len = query.map_or(0, |q| q.len() + 1);
+    let mut pq = String::with_capacity(instance.base_path.len() + path.len() + query_len + 1);
+    pq.push_str(&instance.base_path);
+    if !path.starts_with('/') && pq.is_empty() {
+        // A stripped route with nothing left, on an instance without a base path.
+        pq.push('/');
+    }
+    pq.push_str(path);
+    if let Some(query) = query {
+        pq.push('?');
+        pq.push_str(query);
+    }
+    let pq = PathAndQuery::from_maybe_shared(Bytes::from(pq))
+        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
+    Uri::builder()
+        .scheme(instance.scheme.clone())
+        .authority(instance.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
+}
+
+/// Probes every instance each `interval`; `unhealthy_after` failures in a row take an instance
+/// out, `healthy_after` successes bring it back (and end a passive ejection).
+async fn health_loop(upstream: Weak<Upstream>) {
+    let mut streaks: Vec<(u32, u32)> = Vec::new();
+    loop {
+        let Some(this) = upstream.upgrade() else { return };
+        let Some(check) = this.health_check.clone() else {
+            return;
+        };
+        let instances = this.balancer.instances();
+        streaks.resize(instances.len(), (0, 0));
+        let probes = instances.iter().map(|instance| this.probe(instance, &check));
+        let results = futures_util::future::join_all(probes).await;
+        for (i, ok) in results.into_iter().enumerate() {
+            let (fails, oks) = &mut streaks[i];
+            if ok {
+                *fails = 0;
+                *oks += 1;
+                if *oks == check.healthy_after {
+                    this.balancer.set_healthy(i, true);
+                }
+            } else {
+                *oks = 0;
+                *fails += 1;
+                if *fails == check.unhealthy_after {
+                    this.balancer.set_healthy(i, false);
+                }
             }
         }
+        drop(this);
+        tokio::time::sleep(check.interval).await;
+    }
+}
+
+impl Upstream {
+    async fn probe(&self, instance: &Instance, check: &HealthCheckConfig) -> bool {
+        let Ok(uri) = uri(instance, &check.path, None) else {
+            return false;
+        };
+        let mut request = Request::new(empty());
+        *request.uri_mut() = uri;
+        match tokio::time::timeout(check.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => response.status().is_success(),
+            _ => false,
+        }
+    }
+}
+
+/// A response body that holds on to what must last as long as the response does.
+#[derive(Debug)]
+pub struct Guarded<B> {
+    body: B,
+    _permit: OwnedSemaphorePermit,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
-    fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
-        // Round robin; load balancing strategies arrive with the resilience issue.
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.instances.len().max(1);
-        let instance = self.instances.get(i).ok_or(GatewayError::UpstreamUnavailable)?;
-        let query_len = query.map_or(0, |q| q.len() + 1);
-        let mut pq = String::with_capacity(instance.base_path.len() + path.len() + query_len + 1);
-        pq.push_str(&instance.base_path);
-        if !path.starts_with('/') && pq.is_empty() {
-            // A stripped route with nothing left, on an instance without a base path.
-            pq.push('/');
-        }
-        pq.push_str(path);
-        if let Some(query) = query {
-            pq.push('?');
-            pq.push_str(query);
-        }
-        let pq = PathAndQuery::from_maybe_shared(Bytes::from(pq))
-            .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
-        Uri::builder()
-            .scheme(instance.scheme.clone())
-            .authority(instance.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
     }
 
-    fn classify(&self, e: &hyper_util::client::legacy::Error) -> GatewayError {
-        if has_source::<LengthLimitError>(e) {
-            return GatewayError::PayloadTooLarge { limit: 0 };
-        }
-        tracing::warn!(service = %self.name, error = %ErrorChain(e), "upstream request failed");
-        GatewayError::UpstreamUnavailable
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -1,0 +1,167 @@
+//! The circuit breaker of one service: closed → open → half-open → closed.
+//!
+//! Closed, it counts calls and failures over a rolling window; when at least `min_requests` calls
+//! were made and `failure_rate` of them failed, it opens. Open, every call fails fast (503
+//! CIRCUIT_OPEN) without touching the backend, for `open_for`. Then it lets `half_open_requests`
+//! probe calls through: if they all succeed it closes, if one fails it opens again.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::window::Window;
+use crate::config::BreakerConfig;
+
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    service: String,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed(Window),
+    Open { until: Instant },
+    HalfOpen { in_flight: u32, succeeded: u32 },
+}
+
+/// What the admin API shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// A call the breaker let through; record its outcome with [`Ticket::record`]. Dropped without a
+/// record (the caller went away), a half-open probe slot is simply given back.
+#[derive(Debug)]
+pub struct Ticket {
+    breaker: Arc<Breaker>,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig, service: &str) -> Self {
+        Self {
+            state: Mutex::new(State::Closed(Window::new(config.window))),
+            config,
+            service: service.to_owned(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets a call through, or says how long the breaker stays open.
+    pub fn admit(self: &Arc<Self>) -> Result<Ticket, Duration> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let probe = match &mut *state {
+            State::Closed(_) => false,
+            State::Open { until } if now < *until => return Err(*until - now),
+            State::Open { .. } => {
+                tracing::info!(service = %self.service, "circuit breaker half-open: probing");
+                *state = State::HalfOpen {
+                    in_flight: 1,
+                    succeeded: 0,
+                };
+                true
+            }
+            State::HalfOpen { in_flight, succeeded } => {
+                if *in_flight + *succeeded >= self.config.half_open_requests {
+                    // The probes are out; callers wait for their verdict, briefly.
+                    return Err(Duration::from_secs(1));
+                }
+                *in_flight += 1;
+                true
+            }
+        };
+        Ok(Ticket {
+            breaker: self.clone(),
+            probe,
+            recorded: false,
+        })
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match &*self.lock() {
+            State::Closed(_) => BreakerState::Closed,
+            State::Open { until } if Instant::now() < *until => BreakerState::Open,
+            State::Open { .. } | State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Whether a call that took `elapsed` counts as slow.
+    pub fn is_slow(&self, elapsed: Duration) -> bool {
+        self.config.slow_call.is_some_and(|slow| elapsed > slow)
+    }
+
+    fn open(&self, state: &mut State, now: Instant) {
+        *state = State::Open {
+            until: now + self.config.open_for,
+        };
+    }
+
+    fn record(&self, probe: bool, failed: bool) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match &mut *state {
+            State::Closed(window) if !probe => {
+                window.add(now, 1, u64::from(failed));
+                let (calls, failures) = window.totals(now);
+                if failed
+                    && calls >= u64::from(self.config.min_requests)
+                    && failures as f64 >= self.config.failure_rate * calls as f64
+                {
+                    tracing::warn!(
+                        service = %self.service, calls, failures, open_for = ?self.config.open_for,
+                        "circuit breaker open: calls fail fast"
+                    );
+                    self.open(&mut state, now);
+                }
+            }
+            State::HalfOpen { in_flight, succeeded } if probe => {
+                *in_flight = in_flight.saturating_sub(1);
+                if failed {
+                    tracing::warn!(service = %self.service, "circuit breaker open again: a probe failed");
+                    self.open(&mut state, now);
+                } else {
+                    *succeeded += 1;
+                    if *succeeded >= self.config.half_open_requests {
+                        tracing::info!(service = %self.service, "circuit breaker closed");
+                        *state = State::Closed(Window::new(self.config.window));
+                    }
+                }
+            }
+            // A call admitted in another state finished after a transition: its outcome belongs
+            // to a period that is over.
+            _ => {}
+        }
+    }
+
+    fn release(&self) {
+        if let State::HalfOpen { in_flight, .. } = &mut *self.lock() {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl Ticket {
+    pub fn record(mut self, failed: bool) {
+        self.breaker.record(self.probe, failed);
+        self.recorded = true;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            self.breaker.release();
+        }
+    }
+}
