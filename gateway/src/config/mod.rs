@@ -407,6 +407,110 @@ rate_limit = "missing"
     }
 
     #[test]
+    fn resilience_config_parses_with_safe_defaults() {
+        let config = parse_str(
+            r#"
+[services.plain]
+urls = ["http://127.0.0.1:1"]
+
+[services.orders]
+urls = ["http://127.0.0.1:2", "http://127.0.0.1:3"]
+load_balancing = "round_robin"
+max_concurrent = 8
+[services.orders.health_check]
+path = "/health"
+interval = "2s"
+[services.orders.circuit_breaker]
+failure_rate = 0.25
+slow_call = "2s"
+[services.orders.retry]
+attempts = 3
+on = ["connect", "503", "timeout"]
+max_body = "1KiB"
+
+[services.nobreaker]
+urls = ["http://127.0.0.1:4"]
+[services.nobreaker.circuit_breaker]
+enabled = false
+
+[[routes]]
+prefix = "/"
+service = "orders"
+auth = "none"
+timeout = "3s"
+"#,
+        )
+        .unwrap();
+        let plain = config.service("plain").unwrap();
+        assert_eq!(plain.load_balancing, LoadBalancing::LeastRequests);
+        assert_eq!(plain.max_concurrent, ServiceConfig::DEFAULT_MAX_CONCURRENT);
+        assert_eq!(plain.circuit_breaker, Some(BreakerConfig::default()));
+        assert_eq!(plain.retry, RetryConfig::default());
+        assert!(plain.health_check.is_none());
+        let orders = config.service("orders").unwrap();
+        assert_eq!(orders.load_balancing, LoadBalancing::RoundRobin);
+        assert_eq!(orders.max_concurrent, 8);
+        let hc = orders.health_check.as_ref().unwrap();
+        assert_eq!(
+            (
+                hc.path.as_str(),
+                hc.interval,
+                hc.unhealthy_after,
+                hc.healthy_after
+            ),
+            ("/health", std::time::Duration::from_secs(2), 3, 2)
+        );
+        let breaker = orders.circuit_breaker.as_ref().unwrap();
+        assert_eq!(breaker.failure_rate, 0.25);
+        assert_eq!(breaker.slow_call, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(orders.retry.attempts, 3);
+        assert_eq!(
+            orders.retry.on,
+            RetryOn {
+                connect: true,
+                reset: false,
+                timeout: true,
+                statuses: vec![503]
+            }
+        );
+        assert_eq!(orders.retry.max_body, 1024);
+        assert!(config.service("nobreaker").unwrap().circuit_breaker.is_none());
+        assert_eq!(config.routes[0].timeout, Some(std::time::Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn resilience_errors_are_reported_with_positions() {
+        let errors = parse_str(
+            r#"
+[services.s]
+urls = ["http://127.0.0.1:1"]
+load_balancing = "fastest"
+max_concurrent = 0
+[services.s.health_check]
+path = "health"
+[services.s.circuit_breaker]
+failure_rate = 1.5
+[services.s.retry]
+attempts = 11
+on = ["connect", "404"]
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_error_lines(
+            &errors,
+            &[
+                "routes.toml:4:18: error: `load_balancing` = \"fastest\"",
+                "routes.toml:5:18: error: `max_concurrent` must be between 1 and 1000000",
+                "routes.toml:7:8: error: health check `path` = \"health\" must start with `/`",
+                "routes.toml:9:16: error: `failure_rate` must be between 0 and 1",
+                "routes.toml:11:12: error: `attempts` must be between 1 and 10",
+                "routes.toml:12:18: error: retry `on` entry \"404\"",
+            ],
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_syntax_errors_point_at_the_place() {
         let err = parse_str("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
             .unwrap_err()
