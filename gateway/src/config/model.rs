@@ -123,7 +123,7 @@ pub enum LoadBalancing {
 /// `[services.NAME.health_check]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckConfig {
-    /// Under the instance's base path.
+    /// From the instance's root (its base path is not prepended).
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,

@@ -356,8 +356,8 @@ enum LoadBalancingSchema {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "HealthCheck")]
 pub struct RawHealthCheck {
-    /// The path probed with GET on each instance (under its base path), like "/health"; 2xx is
-    /// healthy.
+    /// The path probed with GET on each instance (from the instance's root, not under its base
+    /// path), like "/health"; 2xx is healthy.
     #[schemars(with = "String")]
     pub path: Str,
     /// Time between probes. Default "5s".

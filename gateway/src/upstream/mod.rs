@@ -415,7 +415,14 @@ async fn health_loop(upstream: Weak<Upstream>) {
 
 impl Upstream {
     async fn probe(&self, instance: &Instance, check: &HealthCheckConfig) -> bool {
-        let Ok(uri) = uri(instance, &check.path, None) else {
+        // The path is from the instance's root, not under its base path: health endpoints
+        // usually sit beside the API, not inside it.
+        let Ok(uri) = Uri::builder()
+            .scheme(instance.scheme.clone())
+            .authority(instance.authority.clone())
+            .path_and_query(check.path.as_str())
+            .build()
+        else {
             return false;
         };
         let mut request = Request::new(empty());
