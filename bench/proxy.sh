@@ -203,8 +203,30 @@ cat >"$tmp/gateway.toml" <<EOF
 listen = "127.0.0.1:$GW_PORT"
 worker_threads = 1
 
+# The plain target: no breaker, no retries, round robin (as the foundation's proxy was).
 [services.bench]
 urls = ["http://127.0.0.1:$BACKEND_PORT"]
+load_balancing = "round_robin"
+[services.bench.circuit_breaker]
+enabled = false
+[services.bench.retry]
+attempts = 1
+
+# The same backend with every resilience feature configured, none triggered.
+[services.resilient]
+urls = ["http://127.0.0.1:$BACKEND_PORT"]
+load_balancing = "least_requests"
+max_concurrent = 10000
+[services.resilient.health_check]
+path = "/"
+interval = "1s"
+[services.resilient.circuit_breaker]
+failure_rate = 0.5
+min_requests = 20
+slow_call = "2s"
+[services.resilient.retry]
+attempts = 3
+budget = 0.2
 
 [auth.jwt]
 issuers = ["bench"]
@@ -240,6 +262,11 @@ scopes = ["bench"]
 requests = 1000000000
 per = "1s"
 key = "ip"
+
+[[routes]]
+prefix = "/resil"
+service = "resilient"
+auth = "none"
 
 [[routes]]
 prefix = "/rl"
@@ -285,8 +312,8 @@ start_nginx proxy "$PROXY_CPU" "$NGINX_PORT"
 
 TARGETS=(direct)
 declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GW_PORT
-    [gw-hs256]=$GW_PORT [gw-rs256]=$GW_PORT [gw-rlimit]=$GW_PORT)
-declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl)
+    [gw-hs256]=$GW_PORT [gw-rs256]=$GW_PORT [gw-rlimit]=$GW_PORT [gw-resil]=$GW_PORT)
+declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/resil)
 declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
 GW_PID=""
 if [[ $SKIP_GW != 1 ]]; then
@@ -302,7 +329,7 @@ if [[ $SKIP_GW != 1 ]]; then
     done
     code=$(curl -s -D - -o /dev/null "http://127.0.0.1:$GW_PORT/rl" | tr -d '\r' | grep -ci '^ratelimit:')
     [[ $code == 1 ]] || die "gw-rlimit: /rl answered without a RateLimit header (see $tmp/gateway.log)"
-    TARGETS+=(gateway gw-hs256 gw-rs256 gw-rlimit)
+    TARGETS+=(gateway gw-hs256 gw-rs256 gw-rlimit gw-resil)
 fi
 TARGETS+=(nginx)
 
@@ -433,7 +460,7 @@ if "gateway" in med:
     print(f"gateway RSS idle: {idle:.1f} MiB (target <= 20), under load: {load:.1f} MiB "
           f"(target <= 50)  {verdict(idle <= 20 and load <= 50)}")
     print(f"gateway RSS after load: {int(rss_after) / 1024:.1f} MiB")
-    for t, target in (("gw-hs256", 0.9), ("gw-rs256", 0.9), ("gw-rlimit", 0.95)):
+    for t, target in (("gw-hs256", 0.9), ("gw-rs256", 0.9), ("gw-rlimit", 0.95), ("gw-resil", 0.95)):
         if t in med:
             ratio = med[t][0] / gw[0] if gw[0] else float("nan")
             print(f"ratio {t}/gateway req/s: {ratio:.2f} (target >= {target:.2f})  {verdict(ratio >= target)}")
