@@ -16,7 +16,7 @@ use crate::edge::headers::strip_hop_by_hop;
 use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::routing::Route;
-use crate::upstream::UpstreamRequest;
+use crate::upstream::{ClientBodyError, UpstreamRequest};
 
 /// Forwards `request` to `route`'s service; `path` is the normalized request path.
 pub async fn forward(
@@ -36,7 +36,12 @@ pub async fn forward(
     headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
 
     // No body at all (most GETs) means no chunked framing upstream either.
-    let body = (!body.is_end_stream()).then(|| body.map_err(Into::into).boxed_unsync());
+    // Its errors are marked as the client's, so the upstream layer answers 400 (or 413) and does
+    // not blame the backend.
+    let body = (!body.is_end_stream()).then(|| {
+        body.map_err(|e| Box::new(ClientBodyError(e)) as Box<dyn std::error::Error + Send + Sync>)
+            .boxed_unsync()
+    });
     let outgoing = UpstreamRequest {
         method: parts.method,
         path: route.forward_path(path),

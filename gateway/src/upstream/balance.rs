@@ -182,10 +182,11 @@ impl Balancer {
         if instance.ejected_until.load(Ordering::Relaxed) > now {
             return;
         }
-        let ejected = (0..self.instances.len())
-            .filter(|&i| self.instances[i].ejected_until.load(Ordering::Relaxed) > now)
+        // Out for any reason (ejected, or failing its health check): the cap is on what is left.
+        let out = (0..self.instances.len())
+            .filter(|&i| !self.available(i, now))
             .count();
-        if ejected + 1 > self.instances.len() / 2 {
+        if out + 1 > self.instances.len() / 2 {
             return;
         }
         let times = instance.ejections.fetch_add(1, Ordering::Relaxed) + 1;

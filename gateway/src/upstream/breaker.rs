@@ -22,7 +22,7 @@ pub struct Breaker {
 
 #[derive(Debug)]
 enum State {
-    Closed(Window),
+    Closed(Box<Window>),
     Open { until: Instant },
     HalfOpen { in_flight: u32, succeeded: u32 },
 }
@@ -47,7 +47,7 @@ pub struct Ticket {
 impl Breaker {
     pub fn new(config: BreakerConfig, service: &str) -> Self {
         Self {
-            state: Mutex::new(State::Closed(Window::new(config.window))),
+            state: Mutex::new(State::Closed(Box::new(Window::new(config.window)))),
             config,
             service: service.to_owned(),
         }
@@ -134,7 +134,7 @@ impl Breaker {
                     *succeeded += 1;
                     if *succeeded >= self.config.half_open_requests {
                         tracing::info!(service = %self.service, "circuit breaker closed");
-                        *state = State::Closed(Window::new(self.config.window));
+                        *state = State::Closed(Box::new(Window::new(self.config.window)));
                     }
                 }
             }

@@ -48,6 +48,12 @@ use retry::{Outcome, RetryPolicy};
 /// nobody will wait for its answer any more.
 pub static X_REQUEST_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-request-timeout-ms");
 
+/// An error reading the client's request body (a malformed chunk, a dropped upload): the
+/// client's fault, so it is a 400 and never counts against the backend.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub Box<dyn StdError + Send + Sync>);
+
 /// Any request body the gateway sends upstream (a client's streamed body, or one it built).
 pub type UpstreamBody = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
 
@@ -234,6 +240,8 @@ impl Upstream {
         } = request;
         let idempotent = retry::is_idempotent(&method, &headers);
         let attempts = self.retry.config.attempts;
+        // A small body is kept even for a request that is not idempotent: it may still be sent
+        // again when its first attempt could not connect (it never left).
         let mut payload = self.payload(body, &headers, attempts, deadline).await?;
         self.retry.deposit();
 
@@ -272,6 +280,9 @@ impl Upstream {
                 Ok(Ok(response)) => (Outcome::Status(response.status()), Ok(response)),
                 Ok(Err(e)) if has_source::<LengthLimitError>(&e) => {
                     return Err(GatewayError::PayloadTooLarge { limit: 0 });
+                }
+                Ok(Err(e)) if has_source::<ClientBodyError>(&e) => {
+                    return Err(GatewayError::BadRequest("the request body could not be read"));
                 }
                 Ok(Err(e)) => {
                     let outcome = if e.is_connect() {
