@@ -96,9 +96,9 @@ impl Breaker {
         }
     }
 
-    /// Whether a call that took `elapsed` counts as slow.
-    pub fn is_slow(&self, elapsed: Duration) -> bool {
-        self.config.slow_call.is_some_and(|slow| elapsed > slow)
+    /// Whether a call that started at `started` counts as slow.
+    pub fn is_slow(&self, started: Instant) -> bool {
+        self.config.slow_call.is_some_and(|slow| started.elapsed() > slow)
     }
 
     fn open(&self, state: &mut State, now: Instant) {
@@ -113,7 +113,8 @@ impl Breaker {
         match &mut *state {
             State::Closed(window) if !probe => {
                 window.add(now, 1, u64::from(failed));
-                let (calls, failures) = window.totals(now);
+                // Only a failure can open the breaker, so only a failure sums the window.
+                let (calls, failures) = if failed { window.totals(now) } else { (0, 0) };
                 if failed
                     && calls >= u64::from(self.config.min_requests)
                     && failures as f64 >= self.config.failure_rate * calls as f64

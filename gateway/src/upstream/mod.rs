@@ -300,13 +300,7 @@ impl Upstream {
             };
             let failed = outcome.is_failure();
             if let Some(ticket) = ticket {
-                ticket.record(
-                    failed
-                        || self
-                            .breaker
-                            .as_ref()
-                            .is_some_and(|b| b.is_slow(started.elapsed())),
-                );
+                ticket.record(failed || self.breaker.as_ref().is_some_and(|b| b.is_slow(started)));
             }
             self.balancer.record(in_flight.index(), failed);
 
