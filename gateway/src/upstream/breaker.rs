@@ -57,9 +57,8 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lets a call through, or says how long the breaker stays open.
-    pub fn admit(self: &Arc<Self>) -> Result<Ticket, Duration> {
-        let now = Instant::now();
+    /// Lets a call through at `now`, or says how long the breaker stays open.
+    pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Ticket, Duration> {
         let mut state = self.lock();
         let probe = match &mut *state {
             State::Closed(_) => false,
@@ -107,8 +106,7 @@ impl Breaker {
         };
     }
 
-    fn record(&self, probe: bool, failed: bool) {
-        let now = Instant::now();
+    fn record(&self, probe: bool, failed: bool, now: Instant) {
         let mut state = self.lock();
         match &mut *state {
             State::Closed(window) if !probe => {
@@ -153,8 +151,9 @@ impl Breaker {
 }
 
 impl Ticket {
-    pub fn record(mut self, failed: bool) {
-        self.breaker.record(self.probe, failed);
+    /// The call's outcome; `now` places it in the window (the call's start is close enough).
+    pub fn record(mut self, failed: bool, now: Instant) {
+        self.breaker.record(self.probe, failed, now);
         self.recorded = true;
     }
 }

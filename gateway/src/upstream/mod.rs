@@ -243,14 +243,19 @@ impl Upstream {
         // A small body is kept even for a request that is not idempotent: it may still be sent
         // again when its first attempt could not connect (it never left).
         let mut payload = self.payload(body, &headers, attempts, deadline).await?;
-        self.retry.deposit();
+        // One clock reading per attempt serves the breaker, the budget and the attempt's deadline.
+        let mut started = Instant::now();
+        self.retry.deposit(started);
 
         let mut avoid = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if attempt > 1 {
+                started = Instant::now();
+            }
             let ticket = match &self.breaker {
-                Some(breaker) => Some(breaker.admit().map_err(|wait| GatewayError::CircuitOpen {
+                Some(breaker) => Some(breaker.admit(started).map_err(|wait| GatewayError::CircuitOpen {
                     retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
                 })?),
                 None => None,
@@ -262,7 +267,6 @@ impl Upstream {
             } else {
                 std::mem::take(&mut headers)
             };
-            let started = Instant::now();
             let attempt_deadline = deadline.min(started + self.timeout);
             let left = attempt_deadline.saturating_duration_since(started).as_millis() as u64;
             attempt_headers.insert(&X_REQUEST_TIMEOUT_MS, HeaderValue::from(left));
@@ -300,7 +304,10 @@ impl Upstream {
             };
             let failed = outcome.is_failure();
             if let Some(ticket) = ticket {
-                ticket.record(failed || self.breaker.as_ref().is_some_and(|b| b.is_slow(started)));
+                ticket.record(
+                    failed || self.breaker.as_ref().is_some_and(|b| b.is_slow(started)),
+                    started,
+                );
             }
             self.balancer.record(in_flight.index(), failed);
 

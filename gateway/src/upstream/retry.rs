@@ -68,11 +68,11 @@ impl RetryPolicy {
         }
     }
 
-    /// Counts a request towards the budget.
-    pub fn deposit(&self) {
+    /// Counts a request (arriving at `now`) towards the budget.
+    pub fn deposit(&self, now: Instant) {
         if self.config.attempts > 1 {
             let mut w = self.budget.lock().unwrap_or_else(|e| e.into_inner());
-            w.add(Instant::now(), 1, 0);
+            w.add(now, 1, 0);
         }
     }
 
@@ -126,7 +126,7 @@ mod tests {
             ..RetryConfig::default()
         });
         for _ in 0..50 {
-            policy.deposit();
+            policy.deposit(Instant::now());
         }
         let granted = (0..50).filter(|_| policy.withdraw()).count();
         assert_eq!(granted, 10);
