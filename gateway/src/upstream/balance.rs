@@ -17,7 +17,8 @@ use crate::config::LoadBalancing;
 
 /// Consecutive failures that eject an instance.
 const EJECT_AFTER: u32 = 5;
-/// The first ejection; each repeat adds as much again, up to [`MAX_EJECTION`].
+/// The first ejection; each repeat adds as much again, up to [`MAX_EJECTION`]. Every such period
+/// without an ejection takes one repeat off again.
 const BASE_EJECTION: Duration = Duration::from_secs(10);
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
@@ -171,6 +172,20 @@ impl Balancer {
         let instance = &self.instances[index];
         if !failed {
             instance.consecutive_failures.store(0, Ordering::Relaxed);
+            // Each base period served well after an ejection makes the next one shorter again.
+            let until = instance.ejected_until.load(Ordering::Relaxed);
+            if until != 0 {
+                let now = self.now_ms();
+                if now >= until + BASE_EJECTION.as_millis() as u64 {
+                    let left = instance
+                        .ejections
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .map_or(0, |n| n - 1);
+                    instance
+                        .ejected_until
+                        .store(if left == 0 { 0 } else { now }, Ordering::Relaxed);
+                }
+            }
             return;
         }
         let streak = instance.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -273,6 +288,24 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(b.pick(None).unwrap().index(), left);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_grow_and_shrink_again() {
+        let b = balancer(2, LoadBalancing::RoundRobin);
+        let eject = |b: &Balancer| (0..EJECT_AFTER).for_each(|_| b.record(0, true));
+        eject(&b);
+        tokio::time::advance(BASE_EJECTION).await;
+        eject(&b);
+        assert_eq!(b.status()[0].ejections, 2);
+        // Ejected for 20 s this time; then two quiet base periods of successes.
+        tokio::time::advance(BASE_EJECTION * 3).await;
+        b.record(0, false);
+        assert_eq!(b.status()[0].ejections, 1);
+        tokio::time::advance(BASE_EJECTION).await;
+        b.record(0, false);
+        assert_eq!(b.status()[0].ejections, 0);
+        assert!(b.status()[0].available);
     }
 
     #[tokio::test]
