@@ -1060,6 +1060,53 @@ attempts = 2
     assert_eq!(backend.hits(), 1);
 }
 
+/// A backend's absurd `Retry-After` is just a wait that does not fit: the answer passes through
+/// (it once overflowed the clock and, with `panic = "abort"`, would have killed the gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_upstream_retry_after_passes_through_without_a_retry() {
+    let backend = Backend::start(|_| async {
+        Response::builder()
+            .status(503)
+            .header("retry-after", "9300000000000000000")
+            .body(Body::from("much later"))
+            .unwrap()
+    })
+    .await;
+    let service = "timeout = \"2s\"\n[services.svc.retry]\nattempts = 2\n";
+    let gw = gateway(&config(&[&backend.url], service, "")).await;
+    let a = send(client().get(format!("{}/x", gw.url()))).await;
+    assert!(a.is_backend(503, "much later"), "{a:?}");
+    assert_eq!(backend.hits(), 1);
+    // And the gateway is still there.
+    let a = send(client().get(format!("{}/x", gw.url()))).await;
+    assert!(a.is_backend(503, "much later"), "{a:?}");
+}
+
+/// The attempt that opens the breaker does not turn into CIRCUIT_OPEN on its own retry: the
+/// client gets the backend's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_refused_by_the_breaker_returns_the_backends_answer() {
+    let backend = Backend::start(|_| async { reply(503, "down") }).await;
+    let service = r#"
+timeout = "2s"
+[services.svc.circuit_breaker]
+min_requests = 1
+failure_rate = 0.5
+open_for = "1m"
+[services.svc.retry]
+attempts = 2
+backoff = "1ms"
+"#;
+    let gw = gateway(&config(&[&backend.url], service, "")).await;
+    let a = send(client().get(format!("{}/x", gw.url()))).await;
+    assert!(a.is_backend(503, "down"), "{a:?}");
+    assert_eq!(backend.hits(), 1);
+    // Now open: the next request fails fast.
+    let a = send(client().get(format!("{}/x", gw.url()))).await;
+    assert!(a.is(503, "CIRCUIT_OPEN"), "{a:?}");
+    assert_eq!(backend.hits(), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 10. Least requests
 

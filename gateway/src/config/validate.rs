@@ -19,6 +19,8 @@ use super::interpolate::{Env, interpolate};
 use super::model::{AuthMode, Config, PathMatch, RouteConfig, ServerConfig, ServiceConfig};
 use super::raw::{RawConfig, RawRoute, RawServer, RawService, Str};
 
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Checks a parsed file and builds the domain config. Errors are left in `diag`.
 pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Config {
     let mut v = Validator { env, diag };
@@ -95,6 +97,15 @@ impl Validator<'_, '_, '_> {
             return default;
         };
         match humantime::parse_duration(text.trim()) {
+            // Durations are added to the clock on the request path; past a year they only
+            // invite overflow, and no timeout or window needs that long.
+            Ok(d) if d > MAX_DURATION => {
+                self.diag.error(
+                    &value.span(),
+                    format!("`{key}` must be at most a year (\"365d\")"),
+                );
+                default
+            }
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 self.diag

@@ -176,14 +176,18 @@ impl Balancer {
             let until = instance.ejected_until.load(Ordering::Relaxed);
             if until != 0 {
                 let now = self.now_ms();
-                if now >= until + BASE_EJECTION.as_millis() as u64 {
-                    let left = instance
-                        .ejections
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .map_or(0, |n| n - 1);
-                    instance
+                // One step per period however many requests succeed at once: only the request
+                // that moves `ejected_until` on takes the step, and a new ejection set meanwhile
+                // makes the exchange fail instead of being overwritten.
+                if now >= until + BASE_EJECTION.as_millis() as u64
+                    && instance
                         .ejected_until
-                        .store(if left == 0 { 0 } else { now }, Ordering::Relaxed);
+                        .compare_exchange(until, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    let _ = instance
+                        .ejections
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                 }
             }
             return;
@@ -218,7 +222,13 @@ impl Balancer {
         let instance = &self.instances[index];
         let was = instance.healthy.swap(healthy, Ordering::Relaxed);
         if healthy {
-            instance.ejected_until.store(0, Ordering::Relaxed);
+            // Ends a passive ejection, but keeps the clock that takes repeats off running.
+            let ended = if instance.ejections.load(Ordering::Relaxed) > 0 {
+                self.now_ms().max(1)
+            } else {
+                0
+            };
+            instance.ejected_until.store(ended, Ordering::Relaxed);
             instance.consecutive_failures.store(0, Ordering::Relaxed);
         }
         if was != healthy {

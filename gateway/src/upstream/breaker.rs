@@ -17,7 +17,9 @@ use crate::config::BreakerConfig;
 pub struct Breaker {
     config: BreakerConfig,
     service: String,
-    state: Mutex<State>,
+    /// The state, and its period: bumped on every transition, so a call admitted in an earlier
+    /// period cannot count in (or free a probe slot of) a later one.
+    state: Mutex<(State, u64)>,
 }
 
 #[derive(Debug)]
@@ -41,26 +43,28 @@ pub enum BreakerState {
 pub struct Ticket {
     breaker: Arc<Breaker>,
     probe: bool,
+    period: u64,
     recorded: bool,
 }
 
 impl Breaker {
     pub fn new(config: BreakerConfig, service: &str) -> Self {
         Self {
-            state: Mutex::new(State::Closed(Box::new(Window::new(config.window)))),
+            state: Mutex::new((State::Closed(Box::new(Window::new(config.window))), 0)),
             config,
             service: service.to_owned(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (State, u64)> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Lets a call through at `now`, or says how long the breaker stays open.
     pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Ticket, Duration> {
-        let mut state = self.lock();
-        let probe = match &mut *state {
+        let mut guard = self.lock();
+        let (state, period) = &mut *guard;
+        let probe = match state {
             State::Closed(_) => false,
             State::Open { until } if now < *until => return Err(*until - now),
             State::Open { .. } => {
@@ -69,6 +73,7 @@ impl Breaker {
                     in_flight: 1,
                     succeeded: 0,
                 };
+                *period += 1;
                 true
             }
             State::HalfOpen { in_flight, succeeded } => {
@@ -83,12 +88,13 @@ impl Breaker {
         Ok(Ticket {
             breaker: self.clone(),
             probe,
+            period: *period,
             recorded: false,
         })
     }
 
     pub fn state(&self) -> BreakerState {
-        match &*self.lock() {
+        match &self.lock().0 {
             State::Closed(_) => BreakerState::Closed,
             State::Open { until } if Instant::now() < *until => BreakerState::Open,
             State::Open { .. } | State::HalfOpen { .. } => BreakerState::HalfOpen,
@@ -100,15 +106,23 @@ impl Breaker {
         self.config.slow_call.is_some_and(|slow| started.elapsed() > slow)
     }
 
-    fn open(&self, state: &mut State, now: Instant) {
-        *state = State::Open {
-            until: now + self.config.open_for,
-        };
+    fn transition(&self, state: &mut (State, u64), to: State) {
+        state.0 = to;
+        state.1 += 1;
     }
 
-    fn record(&self, probe: bool, failed: bool, now: Instant) {
-        let mut state = self.lock();
-        match &mut *state {
+    fn open(&self, state: &mut (State, u64), now: Instant) {
+        let until = now + self.config.open_for;
+        self.transition(state, State::Open { until });
+    }
+
+    fn record(&self, probe: bool, period: u64, failed: bool, now: Instant) {
+        let mut guard = self.lock();
+        if guard.1 != period {
+            // Admitted in a period that is over: its outcome says nothing about this one.
+            return;
+        }
+        match &mut guard.0 {
             State::Closed(window) if !probe => {
                 window.add(now, 1, u64::from(failed));
                 // Only a failure can open the breaker, so only a failure sums the window.
@@ -121,30 +135,34 @@ impl Breaker {
                         service = %self.service, calls, failures, open_for = ?self.config.open_for,
                         "circuit breaker open: calls fail fast"
                     );
-                    self.open(&mut state, now);
+                    self.open(&mut guard, now);
                 }
             }
             State::HalfOpen { in_flight, succeeded } if probe => {
                 *in_flight = in_flight.saturating_sub(1);
                 if failed {
                     tracing::warn!(service = %self.service, "circuit breaker open again: a probe failed");
-                    self.open(&mut state, now);
+                    self.open(&mut guard, now);
                 } else {
                     *succeeded += 1;
                     if *succeeded >= self.config.half_open_requests {
                         tracing::info!(service = %self.service, "circuit breaker closed");
-                        *state = State::Closed(Box::new(Window::new(self.config.window)));
+                        let closed = State::Closed(Box::new(Window::new(self.config.window)));
+                        self.transition(&mut guard, closed);
                     }
                 }
             }
-            // A call admitted in another state finished after a transition: its outcome belongs
-            // to a period that is over.
             _ => {}
         }
     }
 
-    fn release(&self) {
-        if let State::HalfOpen { in_flight, .. } = &mut *self.lock() {
+    /// A probe that ended without an outcome gives its slot back (in its own period only).
+    fn release(&self, period: u64) {
+        let mut guard = self.lock();
+        if guard.1 != period {
+            return;
+        }
+        if let State::HalfOpen { in_flight, .. } = &mut guard.0 {
             *in_flight = in_flight.saturating_sub(1);
         }
     }
@@ -153,7 +171,7 @@ impl Breaker {
 impl Ticket {
     /// The call's outcome; `now` places it in the window (the call's start is close enough).
     pub fn record(mut self, failed: bool, now: Instant) {
-        self.breaker.record(self.probe, failed, now);
+        self.breaker.record(self.probe, self.period, failed, now);
         self.recorded = true;
     }
 }
@@ -161,7 +179,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if self.probe && !self.recorded {
-            self.breaker.release();
+            self.breaker.release(self.period);
         }
     }
 }

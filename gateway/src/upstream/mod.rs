@@ -133,6 +133,12 @@ impl Payload {
     }
 }
 
+/// What one attempt produced: response headers, or how it failed.
+enum Attempted {
+    Ok(Response<Incoming>),
+    Err(Outcome),
+}
+
 fn empty() -> UpstreamBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
@@ -249,25 +255,46 @@ impl Upstream {
 
         let mut avoid = None;
         let mut attempt = 0;
+        // The failed attempt a retry would replace: what the client gets if the retry cannot be
+        // made after all (breaker open, no instance, no time left), so a retry never turns the
+        // backend's own answer into a gateway error.
+        let mut previous: Option<(Attempted, InFlight)> = None;
         loop {
             attempt += 1;
             if attempt > 1 {
                 started = Instant::now();
             }
+            let attempt_deadline = deadline.min(started + self.timeout);
+            if attempt_deadline <= started {
+                // No time left: nothing is sent, and nothing counts against the backend.
+                return self.finish(previous, permit, Attempted::Err(Outcome::Timeout));
+            }
             let ticket = match &self.breaker {
-                Some(breaker) => Some(breaker.admit(started).map_err(|wait| GatewayError::CircuitOpen {
-                    retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                })?),
+                Some(breaker) => match breaker.admit(started) {
+                    Ok(ticket) => Some(ticket),
+                    Err(wait) if previous.is_none() => {
+                        return Err(GatewayError::CircuitOpen {
+                            retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                        });
+                    }
+                    Err(_) => return self.finish(previous, permit, Attempted::Err(Outcome::Connect)),
+                },
                 None => None,
             };
-            let in_flight = self.balancer.pick(avoid).ok_or(GatewayError::NoHealthyUpstream)?;
+            let Some(in_flight) = self.balancer.pick(avoid) else {
+                if previous.is_some() {
+                    return self.finish(previous, permit, Attempted::Err(Outcome::Connect));
+                }
+                return Err(GatewayError::NoHealthyUpstream);
+            };
+            // The retry is under way: the failed attempt's answer is no longer needed.
+            drop(previous.take());
             let may_repeat = attempt < attempts && payload.replayable();
             let mut attempt_headers = if may_repeat {
                 headers.clone()
             } else {
                 std::mem::take(&mut headers)
             };
-            let attempt_deadline = deadline.min(started + self.timeout);
             let left = attempt_deadline.saturating_duration_since(started).as_millis() as u64;
             attempt_headers.insert(&X_REQUEST_TIMEOUT_MS, HeaderValue::from(left));
             let mut outgoing = Request::new(payload.next());
@@ -281,7 +308,7 @@ impl Upstream {
             )
             .await
             {
-                Ok(Ok(response)) => (Outcome::Status(response.status()), Ok(response)),
+                Ok(Ok(response)) => (Outcome::Status(response.status()), Attempted::Ok(response)),
                 Ok(Err(e)) if has_source::<LengthLimitError>(&e) => {
                     return Err(GatewayError::PayloadTooLarge { limit: 0 });
                 }
@@ -295,11 +322,11 @@ impl Upstream {
                         Outcome::Reset
                     };
                     tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&e), "upstream attempt failed");
-                    (outcome, Err(outcome))
+                    (outcome, Attempted::Err(outcome))
                 }
                 Err(_) => {
                     tracing::warn!(service = %self.name, instance = %in_flight.instance().url, "upstream attempt timed out");
-                    (Outcome::Timeout, Err(Outcome::Timeout))
+                    (Outcome::Timeout, Attempted::Err(Outcome::Timeout))
                 }
             };
             let failed = outcome.is_failure();
@@ -314,29 +341,43 @@ impl Upstream {
             let retry =
                 may_repeat && (idempotent || outcome == Outcome::Connect) && self.retry.retries(outcome);
             if retry {
-                let wait = result
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| retry::retry_after(r.headers()))
-                    .unwrap_or_else(|| self.retry.backoff(attempt));
-                if Instant::now() + wait < deadline && self.retry.withdraw() {
+                let wait = match &result {
+                    Attempted::Ok(r) => retry::retry_after(r.headers()),
+                    Attempted::Err(_) => None,
+                }
+                .unwrap_or_else(|| self.retry.backoff(attempt));
+                // Compared as durations: a huge upstream Retry-After must not overflow an Instant.
+                if wait < deadline.saturating_duration_since(Instant::now()) && self.retry.withdraw() {
                     tracing::debug!(service = %self.name, attempt, ?outcome, ?wait, "retrying");
-                    drop(result);
                     avoid = Some(in_flight.index());
-                    drop(in_flight);
+                    previous = Some((result, in_flight));
                     tokio::time::sleep(wait).await;
                     continue;
                 }
             }
-            return match result {
-                Ok(response) => Ok(response.map(|body| Guarded {
-                    body: IdleTimeout::new(body, self.timeout),
-                    _permit: permit,
-                    _in_flight: in_flight,
-                })),
-                Err(Outcome::Timeout) => Err(GatewayError::UpstreamTimeout),
-                Err(_) => Err(GatewayError::UpstreamUnavailable),
-            };
+            return self.finish(Some((result, in_flight)), permit, Attempted::Err(outcome));
+        }
+    }
+
+    /// The answer of the last attempt made (`fallback` when none was).
+    fn finish(
+        &self,
+        last: Option<(Attempted, InFlight)>,
+        permit: OwnedSemaphorePermit,
+        fallback: Attempted,
+    ) -> Result<Response<UpstreamResponseBody>, GatewayError> {
+        let (result, in_flight) = match last {
+            Some((result, in_flight)) => (result, Some(in_flight)),
+            None => (fallback, None),
+        };
+        match (result, in_flight) {
+            (Attempted::Ok(response), Some(in_flight)) => Ok(response.map(|body| Guarded {
+                body: IdleTimeout::new(body, self.timeout),
+                _permit: permit,
+                _in_flight: in_flight,
+            })),
+            (Attempted::Err(Outcome::Timeout), _) => Err(GatewayError::UpstreamTimeout),
+            _ => Err(GatewayError::UpstreamUnavailable),
         }
     }
 
