@@ -3,6 +3,11 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
+/// The body length a message declares in `Content-Length`, if it is a number.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Removes hop-by-hop headers, including the ones a `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Fast path: most messages carry none, and one scan of the keys is cheaper than ten removes.

@@ -24,7 +24,7 @@ use crate::proxy;
 use crate::ratelimit::RateLimitHeaders;
 use crate::snapshot::Snapshot;
 use forwarded::ClientAddr;
-use headers::strip_hop_by_hop;
+use headers::{declared_length, strip_hop_by_hop};
 use request_id::X_REQUEST_ID;
 
 /// Per-request facts the edge established, handed to the handler.
@@ -171,10 +171,10 @@ impl Gateway {
 
 /// An HTTP/1 request that announces a body (HTTP/2 streams need no connection-level cleanup).
 fn is_http1_with_body<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
     request.version() <= Version::HTTP_11
-        && (request.headers().contains_key(TRANSFER_ENCODING)
-            || declared_length(request.headers()).is_none_or(|len| len > 0)
-                && request.headers().contains_key(CONTENT_LENGTH))
+        && (headers.contains_key(TRANSFER_ENCODING)
+            || headers.contains_key(CONTENT_LENGTH) && declared_length(headers) != Some(0))
 }
 
 /// hyper already refuses differing Content-Lengths and non-numeric ones, and when a request has
@@ -198,8 +198,4 @@ fn reject_ambiguous_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
         ));
     }
     Ok(())
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

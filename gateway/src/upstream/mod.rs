@@ -37,6 +37,7 @@ pub mod retry;
 mod window;
 
 use crate::config::{HealthCheckConfig, ServiceConfig};
+use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
 use balance::{Balancer, InFlight, Instance, InstanceStatus};
 use breaker::{Breaker, BreakerState};
@@ -309,13 +310,10 @@ impl Upstream {
             .await
             {
                 Ok(Ok(response)) => (Outcome::Status(response.status()), Attempted::Ok(response)),
-                Ok(Err(e)) if has_source::<LengthLimitError>(&e) => {
-                    return Err(GatewayError::PayloadTooLarge { limit: 0 });
-                }
-                Ok(Err(e)) if has_source::<ClientBodyError>(&e) => {
-                    return Err(GatewayError::BadRequest("the request body could not be read"));
-                }
                 Ok(Err(e)) => {
+                    if let Some(client_error) = client_body_error(&e) {
+                        return Err(client_error);
+                    }
                     let outcome = if e.is_connect() {
                         Outcome::Connect
                     } else {
@@ -392,18 +390,13 @@ impl Upstream {
         let Some(body) = body else {
             return Ok(Payload::Empty);
         };
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if attempts < 2 || declared.is_none_or(|len| len > self.retry.config.max_body) {
+        if attempts < 2 || declared_length(headers).is_none_or(|len| len > self.retry.config.max_body) {
             return Ok(Payload::Stream(Some(body)));
         }
         match tokio::time::timeout_at(deadline, body.collect()).await {
             Ok(Ok(collected)) => Ok(Payload::Kept(collected.to_bytes())),
-            Ok(Err(e)) if has_source::<LengthLimitError>(&*e) => {
-                Err(GatewayError::PayloadTooLarge { limit: 0 })
-            }
-            Ok(Err(_)) => Err(GatewayError::BadRequest("the request body could not be read")),
+            // Reading the client's body is all that happened here, so any error is the client's.
+            Ok(Err(e)) => Err(client_body_error(&*e).unwrap_or(CLIENT_BODY_UNREADABLE)),
             Err(_) => Err(GatewayError::UpstreamTimeout),
         }
     }
@@ -512,6 +505,20 @@ impl<B: Body + Unpin> Body for Guarded<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+const CLIENT_BODY_UNREADABLE: GatewayError = GatewayError::BadRequest("the request body could not be read");
+
+/// The client's answer when `e` came from reading its request body (over the size limit: 413;
+/// otherwise 400), so it is never blamed on the backend; `None` for the backend's own failures.
+fn client_body_error(e: &(dyn StdError + 'static)) -> Option<GatewayError> {
+    if has_source::<LengthLimitError>(e) {
+        Some(GatewayError::PayloadTooLarge { limit: 0 })
+    } else if has_source::<ClientBodyError>(e) {
+        Some(CLIENT_BODY_UNREADABLE)
+    } else {
+        None
     }
 }
 
