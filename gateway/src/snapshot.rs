@@ -120,3 +120,12 @@ impl Snapshot {
         }
     }
 }
+
+/// Spawns a piece of a snapshot's background work (each holds only a `Weak` to what it serves, so
+/// it ends with it). Without a runtime (`gateway check`) there is nothing to run it on, and
+/// nothing needs it.
+pub(crate) fn spawn_background(task: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(task);
+    }
+}

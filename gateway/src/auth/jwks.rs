@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::jwt::{Policy, VerifyKey};
 use crate::config::{JwksConfig, ServiceConfig};
+use crate::snapshot::spawn_background;
 use crate::upstream::{Upstream, UpstreamRequest};
 
 /// A JWKS larger than this is refused (real ones are a few KiB).
@@ -108,11 +109,7 @@ impl Jwks {
 
     /// Starts the background refresh, which lives as long as this `Jwks` does.
     pub fn start_refresh(self: &Arc<Self>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let weak = Arc::downgrade(self);
-        runtime.spawn(refresh_loop(weak));
+        spawn_background(refresh_loop(Arc::downgrade(self)));
     }
 
     /// Called for a `kid` the current set lacks: refetches unless one ran within the cooldown,

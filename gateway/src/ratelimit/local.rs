@@ -13,6 +13,7 @@ use nohash_hasher::BuildNoHashHasher;
 use super::Verdict;
 use super::clock::LimiterClock;
 use crate::config::RateQuota;
+use crate::snapshot::spawn_background;
 
 /// Keys are already uniformly distributed hashes (see `ClientKey::local`), so the map uses them
 /// as they are instead of hashing them a second time.
@@ -81,10 +82,7 @@ impl LocalLimiter {
     /// new ones) every few seconds, for as long as this limiter lives: without it, every client
     /// ever seen would stay in memory.
     pub fn start(&self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(retain_loop(Arc::downgrade(&self.limiter)));
+        spawn_background(retain_loop(Arc::downgrade(&self.limiter)));
     }
 }
 

@@ -39,6 +39,7 @@ mod window;
 use crate::config::{HealthCheckConfig, ServiceConfig};
 use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
+use crate::snapshot::spawn_background;
 use balance::{Balancer, InFlight, Instance, InstanceStatus};
 use breaker::{Breaker, BreakerState};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
@@ -202,9 +203,7 @@ impl Upstream {
         if self.health_check.is_none() {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(health_loop(Arc::downgrade(self)));
-        }
+        spawn_background(health_loop(Arc::downgrade(self)));
     }
 
     /// Health, breaker state and load of the service and its instances.
