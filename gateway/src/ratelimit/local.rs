@@ -30,25 +30,28 @@ const RETAIN_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct LocalLimiter {
     limiter: Arc<Keyed>,
+    quota: RateQuota,
     clock: LimiterClock,
 }
 
 impl LocalLimiter {
-    pub fn new(quota: &RateQuota, clock: LimiterClock) -> Self {
+    pub fn new(quota: RateQuota, clock: LimiterClock) -> Self {
         let limiter = RateLimiter::dashmap_with_clock_and_hasher(
-            governor_quota(quota),
+            governor_quota(&quota),
             clock.clone(),
             BuildNoHashHasher::default(),
         )
         .with_middleware::<StateInformationMiddleware>();
         Self {
             limiter: Arc::new(limiter),
+            quota,
             clock,
         }
     }
 
     /// Counts one request of `key`.
-    pub fn check(&self, key: u64, quota: &RateQuota) -> Verdict {
+    pub fn check(&self, key: u64) -> Verdict {
+        let quota = &self.quota;
         match self.limiter.check_key(&key) {
             Ok(state) => {
                 let remaining = state.remaining_burst_capacity();
@@ -145,39 +148,33 @@ mod tests {
     fn burst_then_one_per_interval() {
         let (clock, fake) = LimiterClock::fake();
         let q = quota(1, Duration::from_secs(60), 5);
-        let limiter = LocalLimiter::new(&q, clock);
+        let limiter = LocalLimiter::new(q, clock);
         let allowed = (0..10)
-            .filter(|_| matches!(limiter.check(7, &q), Verdict::Allowed { .. }))
+            .filter(|_| matches!(limiter.check(7), Verdict::Allowed { .. }))
             .count();
         assert_eq!(allowed, 5);
-        let Verdict::Denied { retry_after, reset } = limiter.check(7, &q) else {
+        let Verdict::Denied { retry_after, reset } = limiter.check(7) else {
             panic!("over the burst")
         };
         assert_eq!(retry_after, Duration::from_secs(60));
         assert_eq!(reset, Duration::from_secs(300));
         // Another client is unaffected.
-        assert!(matches!(
-            limiter.check(8, &q),
-            Verdict::Allowed { remaining: 4, .. }
-        ));
+        assert!(matches!(limiter.check(8), Verdict::Allowed { remaining: 4, .. }));
 
         fake.advance(Duration::from_secs(59));
-        assert!(matches!(limiter.check(7, &q), Verdict::Denied { .. }));
+        assert!(matches!(limiter.check(7), Verdict::Denied { .. }));
         fake.advance(Duration::from_secs(1));
-        assert!(matches!(
-            limiter.check(7, &q),
-            Verdict::Allowed { remaining: 0, .. }
-        ));
-        assert!(matches!(limiter.check(7, &q), Verdict::Denied { .. }));
+        assert!(matches!(limiter.check(7), Verdict::Allowed { remaining: 0, .. }));
+        assert!(matches!(limiter.check(7), Verdict::Denied { .. }));
     }
 
     #[test]
     fn idle_clients_are_forgotten() {
         let (clock, fake) = LimiterClock::fake();
         let q = quota(10, Duration::from_secs(1), 10);
-        let limiter = LocalLimiter::new(&q, clock);
+        let limiter = LocalLimiter::new(q, clock);
         for key in 0..1000 {
-            limiter.check(key, &q);
+            limiter.check(key);
         }
         assert_eq!(limiter.len(), 1000);
         fake.advance(Duration::from_secs(2));

@@ -108,12 +108,13 @@ impl RateLimiters {
     ) -> Result<Option<RateLimitHeaders>, GatewayError> {
         let limit = policy.limit_for(identity);
         let key = policy.client_key(identity, client);
+        let count_here = || limit.local.check(key.local(&policy.hasher));
         let verdict = match &self.redis {
-            None => limit.local.check(key.local(&policy.hasher), &limit.quota),
+            None => count_here(),
             Some((store, on_error)) => match store.check(&limit.redis_key(&key), &limit.quota).await {
                 Ok(verdict) => verdict,
                 Err(Unavailable) => match on_error {
-                    RedisFailure::Local => limit.local.check(key.local(&policy.hasher), &limit.quota),
+                    RedisFailure::Local => count_here(),
                     // Nothing is known about the quota, so no RateLimit headers either.
                     RedisFailure::Allow => return Ok(None),
                     RedisFailure::Deny => {
@@ -244,7 +245,7 @@ impl Limit {
         let (q, w) = header_quota(&quota);
         let policy = format!("\"{label}\";q={q};w={w}");
         Self {
-            local: LocalLimiter::new(&quota, clock.clone()),
+            local: LocalLimiter::new(quota, clock.clone()),
             policy_header: HeaderValue::try_from(policy).unwrap_or(HeaderValue::from_static("")),
             label,
             quota,
