@@ -92,48 +92,45 @@ impl Validator<'_, '_, '_> {
     }
 
     fn duration(&mut self, value: &Option<Str>, key: &str, default: Duration) -> Duration {
-        let Some(value) = value else { return default };
-        let Some(text) = self.string(value) else {
-            return default;
-        };
-        match humantime::parse_duration(text.trim()) {
+        self.optional_duration(value, key).unwrap_or(default)
+    }
+
+    /// A duration that has no default: `None` when absent (or invalid, which is reported).
+    fn optional_duration(&mut self, value: &Option<Str>, key: &str) -> Option<Duration> {
+        self.duration_of(value.as_ref()?, key)
+    }
+
+    /// Parses a humantime duration, reporting why it is not one; `None` when it is not.
+    fn duration_of(&mut self, value: &Str, key: &str) -> Option<Duration> {
+        let text = self.string(value)?;
+        let problem = match humantime::parse_duration(text.trim()) {
             // Durations are added to the clock on the request path; past a year they only
             // invite overflow, and no timeout or window needs that long.
-            Ok(d) if d > MAX_DURATION => {
-                self.diag.error(
-                    &value.span(),
-                    format!("`{key}` must be at most a year (\"365d\")"),
-                );
-                default
-            }
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                self.diag
-                    .error(&value.span(), format!("`{key}` must be longer than zero"));
-                default
-            }
+            Ok(d) if d > MAX_DURATION => format!("`{key}` must be at most a year (\"365d\")"),
+            Ok(d) if !d.is_zero() => return Some(d),
+            Ok(_) => format!("`{key}` must be longer than zero"),
             Err(_) => {
-                self.diag.error(
-                    &value.span(),
-                    format!(
-                        "`{key}` = \"{text}\" is not a duration: write it like \"250ms\", \"5s\" or \"1m\""
-                    ),
-                );
-                default
+                format!("`{key}` = \"{text}\" is not a duration: write it like \"250ms\", \"5s\" or \"1m\"")
             }
+        };
+        self.diag.error(&value.span(), problem);
+        None
+    }
+
+    /// A whole number in `min..=max`: `None` when absent (or out of range, which is reported).
+    fn int_in(&mut self, value: &Option<Spanned<i64>>, key: &str, min: i64, max: i64) -> Option<i64> {
+        let value = value.as_ref()?;
+        let n = *value.get_ref();
+        if (min..=max).contains(&n) {
+            return Some(n);
         }
+        self.diag
+            .error(&value.span(), format!("`{key}` must be between {min} and {max}"));
+        None
     }
 
     fn count(&mut self, value: &Option<Spanned<i64>>, key: &str, max: i64, default: usize) -> usize {
-        let Some(value) = value else { return default };
-        match usize::try_from(*value.get_ref()) {
-            Ok(n) if *value.get_ref() <= max => n,
-            _ => {
-                self.diag
-                    .error(&value.span(), format!("`{key}` must be between 0 and {max}"));
-                default
-            }
-        }
+        self.int_in(value, key, 0, max).map_or(default, |n| n as usize)
     }
 
     fn server(&mut self, raw: RawServer) -> ServerConfig {
@@ -316,10 +313,7 @@ impl Validator<'_, '_, '_> {
         let auth = self.auth(&raw.auth, &span, ctx.has_provider);
         let scopes = self.scopes(&raw.scopes, auth);
         let rate_limit = self.route_rate_limit(&raw.rate_limit, ctx.default_policy, ctx.policies);
-        let timeout = raw
-            .timeout
-            .is_some()
-            .then(|| self.duration(&raw.timeout, "timeout", Duration::from_secs(30)));
+        let timeout = self.optional_duration(&raw.timeout, "timeout");
         Some(RouteConfig {
             path: path?,
             methods: methods.flatten(),

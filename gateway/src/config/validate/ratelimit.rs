@@ -81,12 +81,8 @@ impl Validator<'_, '_, '_> {
             Some(burst) => Some(self.positive(burst, "burst")?),
             None => None,
         };
-        let per_value = Some(per.clone());
         let per_span = per.span();
-        let per = self.duration(&per_value, "per", std::time::Duration::ZERO);
-        if per.is_zero() {
-            return None;
-        }
+        let per = self.duration_of(per, "per")?;
         let requests = requests?;
         if per.as_nanos() / u128::from(requests.get()) == 0 {
             self.diag.error(

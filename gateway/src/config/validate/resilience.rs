@@ -31,15 +31,7 @@ impl Validator<'_, '_, '_> {
 
     /// A whole number in `min..=max`, or `default` when absent (reported when out of range).
     fn bounded(&mut self, value: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: u32) -> u32 {
-        let Some(value) = value else { return default };
-        let n = *value.get_ref();
-        if (min..=max).contains(&n) {
-            u32::try_from(n).unwrap_or(default)
-        } else {
-            self.diag
-                .error(&value.span(), format!("`{key}` must be between {min} and {max}"));
-            default
-        }
+        self.int_in(value, key, min, max).map_or(default, |n| n as u32)
     }
 
     fn share(&mut self, value: &Option<Spanned<f64>>, key: &str, default: f64) -> f64 {
@@ -92,10 +84,7 @@ impl Validator<'_, '_, '_> {
         let d = BreakerConfig::default();
         let Some(raw) = raw else { return Some(d) };
         let raw = raw.into_inner();
-        let slow_call = raw
-            .slow_call
-            .is_some()
-            .then(|| self.duration(&raw.slow_call, "slow_call", Duration::from_secs(2)));
+        let slow_call = self.optional_duration(&raw.slow_call, "slow_call");
         let config = BreakerConfig {
             failure_rate: self.share(&raw.failure_rate, "failure_rate", d.failure_rate),
             min_requests: self.bounded(&raw.min_requests, "min_requests", 1, 1_000_000, d.min_requests),
