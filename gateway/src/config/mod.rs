@@ -407,6 +407,20 @@ rate_limit = "missing"
     }
 
     #[test]
+    fn a_bad_burst_does_not_hide_a_bad_per() {
+        let errors = parse_str("[rate_limits.a]\nrequests = 1\nper = \"soon\"\nburst = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_error_lines(
+            &errors,
+            &[
+                "routes.toml:3:7: error: `per` = \"soon\" is not a duration",
+                "routes.toml:4:9: error: `burst` must be a whole number",
+            ],
+        );
+    }
+
+    #[test]
     fn resilience_config_parses_with_safe_defaults() {
         let config = parse_str(
             r#"

@@ -76,14 +76,13 @@ impl Validator<'_, '_, '_> {
         per: &Str,
         burst: &Option<Spanned<i64>>,
     ) -> Option<RateQuota> {
+        // Every part is checked before giving up, so one run reports all of their errors.
         let requests = self.positive(requests, "requests");
-        let burst = match burst {
-            Some(burst) => Some(self.positive(burst, "burst")?),
-            None => None,
-        };
+        let burst = burst.as_ref().map(|burst| self.positive(burst, "burst"));
         let per_span = per.span();
         let per = self.duration_of(per, "per")?;
         let requests = requests?;
+        let burst = burst.unwrap_or(Some(requests))?;
         if per.as_nanos() / u128::from(requests.get()) == 0 {
             self.diag.error(
                 &per_span,
@@ -91,11 +90,7 @@ impl Validator<'_, '_, '_> {
             );
             return None;
         }
-        Some(RateQuota {
-            requests,
-            per,
-            burst: burst.unwrap_or(requests),
-        })
+        Some(RateQuota { requests, per, burst })
     }
 
     fn positive(&mut self, value: &Spanned<i64>, key: &str) -> Option<NonZeroU32> {
