@@ -356,10 +356,7 @@ async fn upstream_headers(r: reqwest::Response) -> Value {
 }
 
 fn header_str(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
+    common::header(r, name).unwrap_or_default()
 }
 
 /// A 401 UNAUTHENTICATED with an `invalid_token` challenge whose body holds no part of `token`.

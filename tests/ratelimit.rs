@@ -187,16 +187,8 @@ fn parse_state(state: &str) -> Option<(String, u64, u64)> {
 
 /// Sends `request`; a 429 must be the gateway's `RATE_LIMITED` error in the SPEC.md format.
 async fn send(request: reqwest::RequestBuilder) -> Seen {
-    let response = tokio::time::timeout(TIMEOUT, request.send())
-        .await
-        .expect("the gateway did not answer in time")
-        .unwrap_or_else(|e| panic!("request failed: {e:?}"));
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
+    let response = common::send_in_time(request).await;
+    let header = |name: &str| common::header(&response, name);
     let seen = Seen {
         status: response.status().as_u16(),
         retry_after: header("retry-after"),

@@ -210,16 +210,8 @@ impl Answer {
 /// Sends `request` and reads the whole answer. A gateway error (JSON: the test backends only ever
 /// answer plain text) is checked against the SPEC.md shape.
 async fn send(request: reqwest::RequestBuilder) -> Answer {
-    let response = tokio::time::timeout(TIMEOUT, request.send())
-        .await
-        .expect("the gateway did not answer in time")
-        .unwrap_or_else(|e| panic!("request failed: {e:?}"));
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
+    let response = common::send_in_time(request).await;
+    let header = |name: &str| common::header(&response, name);
     let status = response.status().as_u16();
     let retry_after = header("retry-after");
     let json = header("content-type").as_deref() == Some("application/json");

@@ -138,3 +138,20 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     .await;
     assert!(polled.is_ok(), "timed out waiting for {what}");
 }
+
+/// Sends `request` and returns the response, failing the test if the gateway takes over 10 s to
+/// answer (a hang is a failure, not a stuck test) or the request fails.
+pub async fn send_in_time(request: reqwest::RequestBuilder) -> reqwest::Response {
+    tokio::time::timeout(Duration::from_secs(10), request.send())
+        .await
+        .expect("the gateway did not answer in time")
+        .unwrap_or_else(|e| panic!("request failed: {e:?}"))
+}
+
+/// A response header as text, if present.
+pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
