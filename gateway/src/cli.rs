@@ -39,6 +39,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of routes.toml (for editors; the repo keeps it as routes.schema.json).
     ConfigSchema,
+    /// Print the declarations of the gateway's GraphQL directives (@http, @auth, @from), for
+    /// editors and schema tooling.
+    Schema,
     /// Start the demo backends on loopback and the gateway in front of them.
     Demo {
         #[arg(long)]
@@ -56,6 +59,10 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check { config } => check(&config),
         Command::ConfigSchema => {
             print!("{}", crate::config::json_schema());
+            ExitCode::SUCCESS
+        }
+        Command::Schema => {
+            print!("{}", crate::graphql::DECLARATIONS);
             ExitCode::SUCCESS
         }
         Command::Run { config, listen } => match Snapshot::load(&config, &process_env) {
@@ -90,10 +97,14 @@ fn check(path: &Path) -> ExitCode {
     match Snapshot::load(path, &process_env) {
         Ok(snapshot) => {
             println!(
-                "{}: OK ({} services, {} routes)",
+                "{}: OK ({} services, {} routes{})",
                 path.display(),
                 snapshot.config.services.len(),
-                snapshot.config.routes.len()
+                snapshot.config.routes.len(),
+                match &snapshot.config.graphql {
+                    Some(g) => format!(", GraphQL at {} from {}", g.path, g.schema_dir.display()),
+                    None => String::new(),
+                }
             );
             ExitCode::SUCCESS
         }
@@ -154,9 +165,18 @@ async fn run(snapshot: Snapshot) -> ExitCode {
 /// What `gateway demo` suggests trying, with a working token when the config can sign one.
 fn try_lines(gw: &str, token: Option<&str>) -> String {
     let mut out = format!(
-        "\nTry:\n  curl '{gw}/api/products?ids=p1,p2'              # public route\n  \
-         curl -i {gw}/api/users                           # protected: 401 without credentials\n"
+        "\nGraphQL playground: {gw}/graphql (open in a browser{})\n",
+        if token.is_some() {
+            "; add #token=$TOKEN to the URL to sign in"
+        } else {
+            ""
+        }
     );
+    out.push_str(&format!(
+        "\nTry:\n  curl '{gw}/api/products?ids=p1,p2'              # public route\n  \
+         curl -i {gw}/api/users                           # protected: 401 without credentials\n  \
+         curl -s {gw}/graphql -H 'content-type: application/json' -d '{{\"query\":\"{{ products {{ name price }} }}\"}}'\n"
+    ));
     if let Some(token) = token {
         out.push_str(&format!(
             "\n  TOKEN={token}\n\n  \
@@ -164,7 +184,9 @@ fn try_lines(gw: &str, token: Option<&str>) -> String {
              curl -H \"Authorization: Bearer $TOKEN\" '{gw}/api/orders?userId=u1'\n  \
              curl -H \"Authorization: Bearer $TOKEN\" {gw}/echo    # see x-user-id as the backend does\n  \
              curl -H \"Authorization: Bearer $TOKEN\" '{gw}/api/users/u1?delay_ms=300'   # slow backend\n  \
-             curl -si -H \"Authorization: Bearer $TOKEN\" {gw}/api/users | grep -i ratelimit   # the gold tier's quota\n"
+             curl -si -H \"Authorization: Bearer $TOKEN\" {gw}/api/users | grep -i ratelimit   # the gold tier's quota\n  \
+             curl -s {gw}/graphql -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\\n    \
+             -d '{{\"query\":\"{{ viewer {{ name orders {{ total items {{ quantity product {{ name price }} }} }} recommendations {{ name }} }} }}\"}}'\n"
         ));
     }
     out.push_str(&format!(

@@ -47,6 +47,15 @@ pub enum GatewayError {
     /// Every instance of the service failed its health checks.
     #[error("no healthy instance of the upstream service; retry shortly")]
     NoHealthyUpstream,
+    /// A GraphQL request a browser could have sent cross-site without a preflight.
+    #[error(
+        "this request could be a cross-site request forgery: send it with `content-type: application/json` or an `apollo-require-preflight` header"
+    )]
+    CsrfRejected,
+    #[error("send the operation as `content-type: application/json`")]
+    UnsupportedMediaType,
+    #[error("the endpoint answers application/graphql-response+json or application/json; accept one of them")]
+    NotAcceptable,
     /// The client is over its quota; it may retry after `retry_after` seconds.
     #[error("too many requests: retry in {retry_after} s")]
     RateLimited {
@@ -105,7 +114,9 @@ impl AuthFailure {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::CsrfRejected => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -125,6 +136,9 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "BAD_REQUEST",
+            Self::CsrfRejected => "CSRF_REJECTED",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::NotAcceptable => "NOT_ACCEPTABLE",
             Self::RouteNotFound { .. } => "ROUTE_NOT_FOUND",
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",

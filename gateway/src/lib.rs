@@ -1,6 +1,6 @@
 //! The gateway library. Folders follow the request path:
 //! `server` (listener) → `edge` (the per-request pipeline) → `routing` (route table) → `auth` →
-//! `ratelimit` → `proxy` (REST handler) → `upstream` (the one client layer to backends).
+//! `ratelimit` → `proxy` (REST handler) or `graphql` (the BFF) → `upstream` (the one client layer to backends).
 //! `config` reads `routes.toml`, `snapshot` turns a config into what requests run on, `error` is
 //! the one place errors become responses, `cli` is the `gateway` command and `demo` its demo.
 
@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod error;
+pub mod graphql;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routing;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::config::{self, Checked, Config, ConfigError, ConfigErrors, Env};
+use crate::graphql::GraphQL;
 use crate::ratelimit::{LimiterClock, RateLimiters};
-use crate::routing::{Route, RouteTable};
+use crate::routing::{Handler, Route, RouteTable};
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     pub auth: Authenticator,
     pub rate_limits: RateLimiters,
+    /// The `[graphql]` endpoint, when configured.
+    pub graphql: Option<GraphQL>,
 }
 
 /// What a snapshot is built with besides its config: injected so tests can replace it.
@@ -75,22 +78,41 @@ impl Snapshot {
                 location: Default::default(),
                 message: format!("[rate_limit_store] `url` is not usable ({:?})", e.kind()),
             });
+        let policy_of = |name: &Option<String>| match (name, &rate_limits) {
+            (Some(name), Ok(limiters)) => limiters.policy(name),
+            _ => None,
+        };
+        let mut graphql_route = None;
+        let graphql = config.graphql.as_ref().and_then(|g| {
+            let identity_headers = config.auth.forward.iter().map(|(h, _)| h.clone()).collect();
+            match GraphQL::build(g, &upstreams, identity_headers) {
+                Ok(built) => {
+                    graphql_route = Some(Route {
+                        config: g.route.clone(),
+                        handler: Handler::GraphQL,
+                        rate_limit: policy_of(&g.route.rate_limit),
+                    });
+                    Some(built)
+                }
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            }
+        });
         // Routes whose service is unknown (already reported) are left out of the table.
         let routes = config
             .routes
             .iter()
             .filter_map(|route| {
                 let upstream = upstreams.iter().find(|u| u.name() == route.service)?;
-                let rate_limit = match (&route.rate_limit, &rate_limits) {
-                    (Some(name), Ok(limiters)) => Some(limiters.policy(name)?),
-                    _ => None,
-                };
                 Some(Route {
                     config: route.clone(),
-                    upstream: upstream.clone(),
-                    rate_limit,
+                    handler: Handler::Proxy(upstream.clone()),
+                    rate_limit: policy_of(&route.rate_limit),
                 })
             })
+            .chain(graphql_route)
             .collect();
         let auth = auth.map_err(|e| errors.push(e)).ok();
         let rate_limits = rate_limits.map_err(|e| errors.push(e)).ok();
@@ -101,6 +123,7 @@ impl Snapshot {
                 upstreams,
                 auth,
                 rate_limits,
+                graphql,
             }),
             (Ok(_), _, _) => Err(ConfigErrors::sorted(errors)),
             (Err(route_errors), _, _) => {

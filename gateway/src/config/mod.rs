@@ -15,10 +15,10 @@ use std::path::Path;
 pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, Location, Source};
 pub use interpolate::{Env, process_env};
 pub use model::{
-    ApiKeyConfig, AuthConfig, AuthMode, BreakerConfig, Config, HealthCheckConfig, JwksConfig, JwtConfig,
-    LoadBalancing, PathMatch, RateLimitBackend, RateLimitKey, RateLimitPolicy, RateLimitStoreConfig,
-    RateLimitTiers, RateQuota, RedisFailure, RedisUrl, RetryConfig, RetryOn, RouteConfig, ServerConfig,
-    ServiceConfig, StaticKey,
+    ApiKeyConfig, AuthConfig, AuthMode, BreakerConfig, Config, GraphqlConfig, HealthCheckConfig, JwksConfig,
+    JwtConfig, LoadBalancing, PathMatch, RateLimitBackend, RateLimitKey, RateLimitPolicy,
+    RateLimitStoreConfig, RateLimitTiers, RateQuota, RedisFailure, RedisUrl, RetryConfig, RetryOn,
+    RouteConfig, ServerConfig, ServiceConfig, StaticKey,
 };
 pub use raw::json_schema;
 pub use validate::parse_size;

@@ -24,6 +24,48 @@ pub struct Config {
     /// `[rate_limits.NAME]` policies, in name order.
     pub rate_limits: Vec<RateLimitPolicy>,
     pub rate_limit_store: RateLimitStoreConfig,
+    /// `[graphql]`, when present.
+    pub graphql: Option<GraphqlConfig>,
+}
+
+/// `[graphql]`: the endpoint, its schema directory and its limits.
+#[derive(Debug, Clone)]
+pub struct GraphqlConfig {
+    /// The endpoint as a route: `path` is its prefix, `service` is empty.
+    pub route: RouteConfig,
+    pub path: String,
+    pub schema_dir: std::path::PathBuf,
+    /// Where the config names the schema directory (errors about the directory point here).
+    pub schema_location: Location,
+    pub playground: bool,
+    pub playground_assets: Option<std::path::PathBuf>,
+    pub example_query: Option<String>,
+    pub introspection: bool,
+    pub suggestions: bool,
+    pub batching: bool,
+    pub max_batch: usize,
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_aliases: usize,
+    pub max_root_fields: usize,
+    pub max_tokens: usize,
+    pub max_query_size: usize,
+    pub stale_grace: Duration,
+    pub cache_max_entries: u64,
+    pub csrf: bool,
+}
+
+impl GraphqlConfig {
+    pub const DEFAULT_PATH: &str = "/graphql";
+    pub const DEFAULT_MAX_BATCH: usize = 10;
+    pub const DEFAULT_MAX_DEPTH: usize = 15;
+    pub const DEFAULT_MAX_COMPLEXITY: usize = 1000;
+    pub const DEFAULT_MAX_ALIASES: usize = 30;
+    pub const DEFAULT_MAX_ROOT_FIELDS: usize = 20;
+    pub const DEFAULT_MAX_TOKENS: usize = 5000;
+    pub const DEFAULT_MAX_QUERY_SIZE: usize = 64 << 10;
+    pub const DEFAULT_STALE_GRACE: Duration = Duration::from_secs(300);
+    pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 10_000;
 }
 
 impl Config {

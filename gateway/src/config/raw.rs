@@ -44,6 +44,86 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Option<RawRateLimitStore>")]
     pub rate_limit_store: Option<Spanned<RawRateLimitStore>>,
+    /// The GraphQL endpoint: a schema of `*.graphql` files whose fields call the services.
+    #[serde(default)]
+    #[schemars(with = "Option<RawGraphql>")]
+    pub graphql: Option<Spanned<RawGraphql>>,
+}
+
+/// `[graphql]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Graphql")]
+pub struct RawGraphql {
+    /// The endpoint's path. Default "/graphql".
+    #[schemars(with = "Option<String>")]
+    pub path: Option<Str>,
+    /// A directory of `*.graphql` SDL files, relative to this file. Default "schema".
+    #[schemars(with = "Option<String>")]
+    pub schema: Option<Str>,
+    /// Serve GraphiQL to browsers (GET with `Accept: text/html`). Default true.
+    #[schemars(with = "Option<bool>")]
+    pub playground: Option<Spanned<bool>>,
+    /// Serve GraphiQL's scripts from this directory (an npm install of graphiql@3, react@18 and
+    /// react-dom@18), relative to this file, instead of the unpkg CDN.
+    #[schemars(with = "Option<String>")]
+    pub playground_assets: Option<Str>,
+    /// The query the playground opens with.
+    #[schemars(with = "Option<String>")]
+    pub example_query: Option<Str>,
+    /// "required" | "optional" (default: `@auth` decides per field) | "none".
+    #[schemars(with = "Option<AuthModeSchema>")]
+    pub auth: Option<Str>,
+    /// Scopes every caller of the endpoint must hold.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub scopes: Option<Spanned<Vec<Str>>>,
+    /// The `[rate_limits.NAME]` policy of the endpoint, or "none". Each operation of a batch counts.
+    #[schemars(with = "Option<String>")]
+    pub rate_limit: Option<Str>,
+    /// The overall deadline of an operation, every backend call included.
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Str>,
+    /// Answer introspection queries. Default false; turn on for development.
+    #[schemars(with = "Option<bool>")]
+    pub introspection: Option<Spanned<bool>>,
+    /// "Did you mean" hints in validation errors (they reveal the schema). Default false.
+    #[schemars(with = "Option<bool>")]
+    pub suggestions: Option<Spanned<bool>>,
+    /// Accept a JSON array of operations in one POST. Default false.
+    #[schemars(with = "Option<bool>")]
+    pub batching: Option<Spanned<bool>>,
+    /// The most operations in one batch. Default 10.
+    #[schemars(with = "Option<u32>")]
+    pub max_batch: Option<Spanned<i64>>,
+    /// The deepest selection nesting. Default 15.
+    #[schemars(with = "Option<u32>")]
+    pub max_depth: Option<Spanned<i64>>,
+    /// The most fields an operation may select (async-graphql's complexity). Default 1000.
+    #[schemars(with = "Option<u32>")]
+    pub max_complexity: Option<Spanned<i64>>,
+    /// The most aliases in a document. Default 30.
+    #[schemars(with = "Option<u32>")]
+    pub max_aliases: Option<Spanned<i64>>,
+    /// The most root fields in an operation. Default 20.
+    #[schemars(with = "Option<u32>")]
+    pub max_root_fields: Option<Spanned<i64>>,
+    /// The most lexical tokens in a document, checked before it is parsed. Default 5000.
+    #[schemars(with = "Option<u32>")]
+    pub max_tokens: Option<Spanned<i64>>,
+    /// The largest query document. Default "64KiB".
+    #[schemars(with = "Option<String>")]
+    pub max_query_size: Option<Str>,
+    /// How long an expired cached response may still stand in for a failed call with
+    /// `fallback: "stale"`. Default "5m".
+    #[schemars(with = "Option<String>")]
+    pub stale_grace: Option<Str>,
+    /// The most cached backend responses. Default 10000.
+    #[schemars(with = "Option<u32>")]
+    pub cache_max_entries: Option<Spanned<i64>>,
+    /// Refuse requests a browser could send cross-site without a preflight (Apollo Router's CSRF
+    /// prevention). Default true.
+    #[schemars(with = "Option<bool>")]
+    pub csrf: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -11,6 +11,7 @@ use serde_spanned::Spanned;
 use url::Url;
 
 mod auth;
+mod graphql;
 mod ratelimit;
 mod resilience;
 
@@ -55,6 +56,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         default_policy: default_policy.as_deref(),
     };
     let routes = raw.routes.into_iter().filter_map(|r| v.route(r, &ctx)).collect();
+    let graphql = raw.graphql.and_then(|g| v.graphql(g, &ctx));
     server.rate_limit = default_policy;
     Config {
         server,
@@ -63,6 +65,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         auth,
         rate_limits,
         rate_limit_store,
+        graphql,
     }
 }
 

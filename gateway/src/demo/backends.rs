@@ -867,7 +867,33 @@ async fn get_order(Path(id): Path<String>) -> Result<Response, ApiError> {
 fn catalog_routes() -> Router {
     Router::new()
         .route("/products", get(list_products))
+        .route("/products/recommended", get(recommended))
         .route("/products/{id}", get(get_product))
+}
+
+/// Every fourth call to `/products/recommended` is this slow: the demo's "ML service" that a
+/// GraphQL field with a short timeout and a fallback degrades around.
+const SLOW_RECOMMENDATION: Duration = Duration::from_secs(1);
+static RECOMMENDATION_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// `GET /products/recommended?userId=u1`: products the user has not ordered yet.
+async fn recommended(uri: Uri) -> Result<Response, ApiError> {
+    let pairs = query_pairs(&uri)?;
+    let user_id = param(&pairs, "userId").unwrap_or_default();
+    if RECOMMENDATION_CALLS.fetch_add(1, Ordering::Relaxed) % 4 == 3 {
+        tokio::time::sleep(SLOW_RECOMMENDATION).await;
+    }
+    let bought: Vec<&str> = ORDERS
+        .iter()
+        .filter(|order| order.user_id == user_id)
+        .flat_map(|order| order.items.iter().map(|item| item.product_id))
+        .collect();
+    let products: Vec<&Product> = PRODUCTS
+        .iter()
+        .filter(|product| !bought.contains(&product.id))
+        .take(3)
+        .collect();
+    Ok(Json(products).into_response())
 }
 
 /// `GET /products`, or with `ids` (comma-joined, repeated, or both) the batch lookup a

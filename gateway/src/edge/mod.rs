@@ -22,6 +22,7 @@ use crate::auth::Identity;
 use crate::error::GatewayError;
 use crate::proxy;
 use crate::ratelimit::RateLimitHeaders;
+use crate::routing::Handler;
 use crate::snapshot::Snapshot;
 use forwarded::ClientAddr;
 use headers::{declared_length, strip_hop_by_hop};
@@ -165,7 +166,28 @@ impl Gateway {
             max_body_size,
             identity,
         };
-        proxy::forward(route, &path, request, &ctx, deadline).await
+        match (&route.handler, &snapshot.graphql) {
+            (Handler::Proxy(upstream), _) => {
+                proxy::forward(route, upstream, &path, request, &ctx, deadline).await
+            }
+            (Handler::GraphQL, Some(graphql)) => {
+                graphql
+                    .serve(
+                        &snapshot,
+                        route.rate_limit.as_deref(),
+                        &path,
+                        request,
+                        &ctx,
+                        deadline,
+                    )
+                    .await
+            }
+            // A GraphQL route exists only in a snapshot with a GraphQL endpoint.
+            (Handler::GraphQL, None) => Err(GatewayError::RouteNotFound {
+                method: request.method().clone(),
+                path: path.into_owned(),
+            }),
+        }
     }
 }
 

@@ -16,11 +16,12 @@ use crate::edge::headers::strip_hop_by_hop;
 use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::routing::Route;
-use crate::upstream::{ClientBodyError, UpstreamRequest};
+use crate::upstream::{ClientBodyError, Upstream, UpstreamRequest};
 
 /// Forwards `request` to `route`'s service; `path` is the normalized request path.
 pub async fn forward(
     route: &Route,
+    upstream: &Upstream,
     path: &str,
     request: Request<Limited<Incoming>>,
     ctx: &RequestContext,
@@ -49,16 +50,12 @@ pub async fn forward(
         headers: parts.headers,
         body,
     };
-    let response = route
-        .upstream
-        .send(outgoing, deadline)
-        .await
-        .map_err(|e| match e {
-            GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge {
-                limit: ctx.max_body_size,
-            },
-            other => other,
-        })?;
+    let response = upstream.send(outgoing, deadline).await.map_err(|e| match e {
+        GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge {
+            limit: ctx.max_body_size,
+        },
+        other => other,
+    })?;
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -19,12 +19,21 @@ use crate::error::GatewayError;
 use crate::ratelimit::Policy;
 use crate::upstream::Upstream;
 
-/// A route ready to serve: its config, the upstream it forwards to and its rate-limit policy.
+/// A route ready to serve: its config, its handler and its rate-limit policy.
 #[derive(Debug)]
 pub struct Route {
     pub config: RouteConfig,
-    pub upstream: Arc<Upstream>,
+    pub handler: Handler,
     pub rate_limit: Option<Arc<Policy>>,
+}
+
+/// What answers a route's requests.
+#[derive(Debug, Clone)]
+pub enum Handler {
+    /// The REST proxy, to this service.
+    Proxy(Arc<Upstream>),
+    /// The snapshot's GraphQL endpoint.
+    GraphQL,
 }
 
 impl Route {
@@ -247,7 +256,7 @@ mod tests {
                     column: 1,
                 },
             },
-            upstream: upstream(),
+            handler: Handler::Proxy(upstream()),
             rate_limit: None,
         }
     }

@@ -511,7 +511,7 @@ const CLIENT_BODY_UNREADABLE: GatewayError = GatewayError::BadRequest("the reque
 
 /// The client's answer when `e` came from reading its request body (over the size limit: 413;
 /// otherwise 400), so it is never blamed on the backend; `None` for the backend's own failures.
-fn client_body_error(e: &(dyn StdError + 'static)) -> Option<GatewayError> {
+pub(crate) fn client_body_error(e: &(dyn StdError + 'static)) -> Option<GatewayError> {
     if has_source::<LengthLimitError>(e) {
         Some(GatewayError::PayloadTooLarge { limit: 0 })
     } else if has_source::<ClientBodyError>(e) {

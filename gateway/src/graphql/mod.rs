@@ -1,0 +1,611 @@
+//! The GraphQL handler: the backend-for-frontend. Clients send one operation; its fields are
+//! resolved by concurrent calls to the services through the same upstream layer as REST routes.
+//!
+//! - `sdl`: `schema/*.graphql` → executable schema (async-graphql `dynamic`), `directives` and
+//!   `template` read `@http`/`@auth`/`@from`;
+//! - `resolve`: the field resolvers, with `fetch` (one backend call), `cache` (reuse and
+//!   single-flight) and `batch` (one call for sibling parents);
+//! - `limits`: what is refused before anything runs;
+//! - this module: GraphQL over HTTP (GET/POST, media types, status codes, CSRF, batches);
+//! - `playground`: GraphiQL for browsers.
+
+mod batch;
+mod cache;
+pub mod directives;
+mod fetch;
+mod limits;
+mod nulls;
+pub mod playground;
+mod resolve;
+mod sdl;
+mod template;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::Variables;
+use async_graphql::dynamic::Schema;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use axum::body::Body as HttpBody;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, GraphqlConfig};
+use crate::edge::RequestContext;
+use crate::edge::request_id::X_REQUEST_ID;
+use crate::error::GatewayError;
+use crate::ratelimit::Policy;
+use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
+use cache::CallCache;
+use resolve::{Engine, RequestScope};
+
+pub use directives::DECLARATIONS;
+
+/// Headers a backend call carries from the client's request (besides identity and the request
+/// id, which it always gets).
+const PASSED_ON: [HeaderName; 3] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("idempotency-key"),
+];
+
+/// Headers that prove a request was preflighted (or sent by a non-browser client).
+const PREFLIGHT_HEADERS: [&str; 3] = [
+    "apollo-require-preflight",
+    "x-apollo-operation-name",
+    "graphql-require-preflight",
+];
+
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+
+/// The endpoint: its settings and its executable schema.
+pub struct GraphQL {
+    config: GraphqlConfig,
+    schema: Schema,
+    types: nulls::Types,
+    /// The upstream headers `[auth.jwt.forward]` sets from the identity.
+    identity_headers: Vec<HeaderName>,
+}
+
+impl std::fmt::Debug for GraphQL {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphQL")
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphQL {
+    /// Reads and checks the schema directory and builds the executable schema over `upstreams`.
+    pub fn build(
+        config: &GraphqlConfig,
+        upstreams: &[Arc<Upstream>],
+        identity_headers: Vec<HeaderName>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let files = sdl::read(&config.schema_dir, &config.schema_location)?;
+        let engine = Arc::new(Engine {
+            upstreams: upstreams
+                .iter()
+                .map(|u| (u.name().to_owned(), u.clone()))
+                .collect::<HashMap<_, _>>(),
+            cache: Arc::new(CallCache::new(config.cache_max_entries, config.stale_grace)),
+        });
+        let services: Vec<&str> = upstreams.iter().map(|u| u.name()).collect();
+        let options = sdl::Options {
+            introspection: config.introspection,
+            suggestions: config.suggestions,
+            max_depth: config.max_depth,
+            max_complexity: config.max_complexity,
+        };
+        let (schema, types) = sdl::build(&files, &services, &engine, &options)?;
+        Ok(Self {
+            config: config.clone(),
+            schema,
+            types,
+            identity_headers,
+        })
+    }
+
+    /// The schema in SDL, as clients see it.
+    pub fn sdl(&self) -> String {
+        self.schema.sdl()
+    }
+
+    /// Serves a request under the endpoint's path: an operation, the playground or its assets.
+    pub async fn serve(
+        &self,
+        snapshot: &Snapshot,
+        policy: Option<&Policy>,
+        path: &str,
+        request: Request<Limited<Incoming>>,
+        ctx: &RequestContext,
+        deadline: Instant,
+    ) -> Result<Response<HttpBody>, GatewayError> {
+        let (parts, body) = request.into_parts();
+        let method = &parts.method;
+        let headers = &parts.headers;
+        if path != self.config.path {
+            return self.asset(method, path).await;
+        }
+        let has_query = parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("query=")));
+        if *method == Method::GET && !has_query && self.config.playground && accepts_html(headers) {
+            return Ok(self.playground());
+        }
+        if *method != Method::GET && *method != Method::POST {
+            return Err(GatewayError::MethodNotAllowed {
+                method: method.clone(),
+                path: path.to_owned(),
+                allow: HeaderValue::from_static("GET, POST"),
+            });
+        }
+        if self.config.csrf && !preflighted(headers) {
+            return Err(GatewayError::CsrfRejected);
+        }
+        let media = response_media_type(headers)?;
+        let operations = if *method == Method::GET {
+            Ok(Operations::One(params_from_query(
+                parts.uri.query().unwrap_or(""),
+            )))
+        } else {
+            if !is_json(headers) {
+                return Err(GatewayError::UnsupportedMediaType);
+            }
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| match crate::upstream::client_body_error(&*e) {
+                    Some(GatewayError::PayloadTooLarge { .. }) | None => GatewayError::PayloadTooLarge {
+                        limit: ctx.max_body_size,
+                    },
+                    Some(other) => other,
+                })?
+                .to_bytes();
+            params_from_body(&bytes, self.config.batching, self.config.max_batch)
+        };
+        let operations = match operations {
+            Ok(ops) => ops,
+            Err(message) => {
+                return Ok(respond(
+                    StatusCode::BAD_REQUEST,
+                    media,
+                    request_error("BAD_REQUEST", &message),
+                ));
+            }
+        };
+        // Each operation of a batch past the first counts against the rate limit, before any runs.
+        if let (Operations::Many(ops), Some(policy)) = (&operations, policy) {
+            for _ in 1..ops.len() {
+                snapshot
+                    .rate_limits
+                    .check(policy, ctx.identity.as_deref(), &ctx.client)
+                    .await?;
+            }
+        }
+        let (plain, with_identity) = self.upstream_headers(headers, ctx);
+        let get = *method == Method::GET;
+        let run = |params: Result<Params, String>| {
+            let scope = RequestScope::new(
+                ctx.identity.clone(),
+                deadline,
+                plain.clone(),
+                with_identity.clone(),
+            );
+            async move {
+                match params {
+                    Ok(params) => self.execute(params, scope, get).await,
+                    Err(message) => Executed::RequestError(request_error("BAD_REQUEST", &message)),
+                }
+            }
+        };
+        match operations {
+            Operations::One(params) => match run(params).await {
+                Executed::Done(body) => Ok(respond(StatusCode::OK, media, body)),
+                Executed::RequestError(body) => {
+                    // GraphQL over HTTP: a request error is a 400 in the new media type; legacy
+                    // `application/json` clients get 200 with `errors`.
+                    let status = if media == GRAPHQL_RESPONSE {
+                        StatusCode::BAD_REQUEST
+                    } else {
+                        StatusCode::OK
+                    };
+                    Ok(respond(status, media, body))
+                }
+                Executed::MutationOverGet => Err(GatewayError::MethodNotAllowed {
+                    method: Method::GET,
+                    path: path.to_owned(),
+                    allow: HeaderValue::from_static("POST"),
+                }),
+            },
+            Operations::Many(ops) => {
+                let results = futures_util::future::join_all(ops.into_iter().map(|p| run(Ok(p)))).await;
+                let bodies: Vec<String> = results
+                    .into_iter()
+                    .map(|r| match r {
+                        Executed::Done(body) | Executed::RequestError(body) => body,
+                        Executed::MutationOverGet => request_error("BAD_REQUEST", "mutations need POST"),
+                    })
+                    .collect();
+                Ok(respond(StatusCode::OK, media, format!("[{}]", bodies.join(","))))
+            }
+        }
+    }
+
+    /// Runs one operation after the limits that need no execution.
+    async fn execute(&self, params: Params, scope: RequestScope, over_get: bool) -> Executed {
+        let c = &self.config;
+        let Some(query) = params.query else {
+            return Executed::RequestError(request_error("BAD_REQUEST", "the request has no `query`"));
+        };
+        if query.len() > c.max_query_size {
+            return Executed::RequestError(request_error(
+                "QUERY_TOO_LARGE",
+                &format!("the query is larger than {} bytes", c.max_query_size),
+            ));
+        }
+        if let Err(e) = limits::check_tokens(&query, c.max_tokens) {
+            return Executed::RequestError(request_error(e.code, &e.message));
+        }
+        let doc = match async_graphql::parser::parse_query(&query) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let locations: Vec<Value> = e
+                    .positions()
+                    .map(|p| json!({"line": p.line, "column": p.column}))
+                    .collect();
+                let mut error =
+                    json!({"message": e.to_string(), "extensions": {"code": "GRAPHQL_PARSE_FAILED"}});
+                if !locations.is_empty() {
+                    error["locations"] = Value::Array(locations);
+                }
+                return Executed::RequestError(json!({"errors": [error]}).to_string());
+            }
+        };
+        if let Err(e) = limits::check_document(&doc, c.max_aliases, c.max_root_fields) {
+            return Executed::RequestError(request_error(e.code, &e.message));
+        }
+        if over_get && is_mutation(&doc, params.operation_name.as_deref()) {
+            return Executed::MutationOverGet;
+        }
+        let scope = Arc::new(scope);
+        let mut request =
+            async_graphql::Request::new(query).variables(Variables::from_json(params.variables.clone()));
+        if let Some(name) = &params.operation_name {
+            request = request.operation_name(name);
+        }
+        request.set_parsed_query(doc.clone());
+        let mut response = self.schema.execute(request.data(scope.clone())).await;
+
+        // A response without data and without a field path is a request error: the operation
+        // did not run (validation, depth, complexity, an unknown operation name).
+        let request_failed = response.data == async_graphql::Value::Null
+            && !response.errors.is_empty()
+            && response.errors.iter().all(|e| e.path.is_empty());
+        if request_failed {
+            for e in &mut response.errors {
+                e.extensions
+                    .get_or_insert_with(Default::default)
+                    .set("code", "GRAPHQL_VALIDATION_FAILED");
+            }
+        } else {
+            nulls::propagate(
+                &self.types,
+                &doc,
+                params.operation_name.as_deref(),
+                &params.variables,
+                &mut response.data,
+            );
+            // A failed non-null field already has its error; async-graphql adds a second one.
+            let failed: Vec<_> = response
+                .errors
+                .iter()
+                .filter(|e| e.extensions.is_some())
+                .map(|e| e.path.clone())
+                .collect();
+            response
+                .errors
+                .retain(|e| !(e.message.starts_with("internal: non-null types") && failed.contains(&e.path)));
+        }
+        let body = Body {
+            data: (!request_failed).then_some(&response.data),
+            errors: &response.errors,
+            extensions: scope
+                .take_degraded()
+                .map(|degraded| json!({ "degraded": degraded })),
+        };
+        let json = serde_json::to_string(&body).unwrap_or_default();
+        if request_failed {
+            Executed::RequestError(json)
+        } else {
+            Executed::Done(json)
+        }
+    }
+
+    /// The headers every backend call of this request carries: without and with the caller's
+    /// identity (the edge already replaced the client's identity headers with verified ones).
+    fn upstream_headers(&self, headers: &HeaderMap, ctx: &RequestContext) -> (HeaderMap, HeaderMap) {
+        let mut plain = HeaderMap::new();
+        plain.insert(&X_REQUEST_ID, ctx.request_id.clone());
+        for name in &PASSED_ON {
+            if let Some(v) = headers.get(name) {
+                plain.insert(name.clone(), v.clone());
+            }
+        }
+        let mut with_identity = plain.clone();
+        for name in self.identity_headers.iter().chain([&AUTHORIZATION]) {
+            if let Some(v) = headers.get(name) {
+                with_identity.insert(name.clone(), v.clone());
+            }
+        }
+        (plain, with_identity)
+    }
+
+    fn playground(&self) -> Response<HttpBody> {
+        let base = format!("{}/assets", self.config.path);
+        let assets = match &self.config.playground_assets {
+            Some(_) => playground::Assets::Local { base: &base },
+            None => playground::Assets::Cdn,
+        };
+        let html = playground::page(&self.config.path, assets, self.config.example_query.as_deref());
+        let mut response = Response::new(HttpBody::from(html));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        response
+    }
+
+    /// `<path>/assets/...`: the playground's local scripts.
+    async fn asset(&self, method: &Method, path: &str) -> Result<Response<HttpBody>, GatewayError> {
+        let not_found = || GatewayError::RouteNotFound {
+            method: method.clone(),
+            path: path.to_owned(),
+        };
+        let rest = path
+            .strip_prefix(self.config.path.as_str())
+            .and_then(|p| p.strip_prefix("/assets/"))
+            .ok_or_else(not_found)?;
+        let dir = self.config.playground_assets.as_ref().ok_or_else(not_found)?;
+        if *method != Method::GET && *method != Method::HEAD {
+            return Err(GatewayError::MethodNotAllowed {
+                method: method.clone(),
+                path: path.to_owned(),
+                allow: HeaderValue::from_static("GET, HEAD"),
+            });
+        }
+        let (content_type, bytes) = playground::asset(dir, rest).await.ok_or_else(not_found)?;
+        let mut response = Response::new(HttpBody::from(bytes));
+        response.headers_mut().insert(CONTENT_TYPE, content_type);
+        Ok(response)
+    }
+}
+
+/// The GraphQL request parameters.
+#[derive(Debug, Default)]
+struct Params {
+    query: Option<String>,
+    variables: serde_json::Value,
+    operation_name: Option<String>,
+}
+
+enum Operations {
+    One(Result<Params, String>),
+    Many(Vec<Params>),
+}
+
+/// A serialized response (field order is the query's, so it is serialized from async-graphql's
+/// ordered values, not through `serde_json::Value`).
+enum Executed {
+    Done(String),
+    RequestError(String),
+    MutationOverGet,
+}
+
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a async_graphql::Value>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [async_graphql::ServerError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extensions: Option<Value>,
+}
+
+/// `?query=&variables=&operationName=&extensions=`.
+fn params_from_query(query: &str) -> Result<Params, String> {
+    let mut params = Params::default();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "query" => params.query = Some(value.into_owned()),
+            "operationName" => params.operation_name = Some(value.into_owned()).filter(|v| !v.is_empty()),
+            "variables" if !value.is_empty() => {
+                params.variables =
+                    serde_json::from_str(&value).map_err(|_| "`variables` is not JSON".to_owned())?;
+                if !params.variables.is_object() && !params.variables.is_null() {
+                    return Err("`variables` must be a JSON object".into());
+                }
+            }
+            "extensions" if !value.is_empty() => {
+                let ext: Value =
+                    serde_json::from_str(&value).map_err(|_| "`extensions` is not JSON".to_owned())?;
+                if !ext.is_object() && !ext.is_null() {
+                    return Err("`extensions` must be a JSON object".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(params)
+}
+
+/// A JSON body: one operation, or with batching an array of them.
+fn params_from_body(bytes: &Bytes, batching: bool, max_batch: usize) -> Result<Operations, String> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|_| "the request body is not JSON".to_owned())?;
+    match value {
+        Value::Array(items) => {
+            if !batching {
+                return Err("batched operations are not enabled on this endpoint".into());
+            }
+            if items.is_empty() || items.len() > max_batch {
+                return Err(format!("a batch holds 1 to {max_batch} operations"));
+            }
+            items
+                .into_iter()
+                .map(params_of)
+                .collect::<Result<_, _>>()
+                .map(Operations::Many)
+        }
+        other => Ok(Operations::One(params_of(other))),
+    }
+}
+
+fn params_of(value: Value) -> Result<Params, String> {
+    let Value::Object(mut map) = value else {
+        return Err("the request body must be a JSON object".into());
+    };
+    let query = match map.remove("query") {
+        Some(Value::String(q)) => Some(q),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err("`query` must be a string".into()),
+    };
+    let variables = match map.remove("variables") {
+        None | Some(Value::Null) => Value::Null,
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => return Err("`variables` must be an object".into()),
+    };
+    let operation_name = match map.remove("operationName") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err("`operationName` must be a string".into()),
+    };
+    match map.remove("extensions") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(_) => return Err("`extensions` must be an object".into()),
+    }
+    Ok(Params {
+        query,
+        variables,
+        operation_name,
+    })
+}
+
+fn is_mutation(doc: &async_graphql::parser::types::ExecutableDocument, name: Option<&str>) -> bool {
+    let op = match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    };
+    op.is_some_and(|op| op.node.ty == OperationType::Mutation)
+}
+
+fn request_error(code: &str, message: &str) -> String {
+    json!({"errors": [{"message": message, "extensions": {"code": code}}]}).to_string()
+}
+
+fn respond(status: StatusCode, media: &'static str, body: String) -> Response<HttpBody> {
+    let mut response = Response::new(HttpBody::from(body));
+    *response.status_mut() = status;
+    let content_type = if media == GRAPHQL_RESPONSE {
+        "application/graphql-response+json; charset=utf-8"
+    } else {
+        "application/json; charset=utf-8"
+    };
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Apollo Router's CSRF rule: a browser sends `text/plain`, form encodings, or no content type at
+/// all cross-site without a preflight; anything else (or a custom header) was preflighted.
+fn preflighted(headers: &HeaderMap) -> bool {
+    if PREFLIGHT_HEADERS.iter().any(|h| headers.contains_key(*h)) {
+        return true;
+    }
+    match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => false,
+        Some(ct) => {
+            let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            !matches!(
+                essence.as_str(),
+                "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"
+            )
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let mut parts = ct.split(';');
+            let essence = parts.next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+                && parts.all(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    !k.trim().eq_ignore_ascii_case("charset")
+                        || v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+                })
+        })
+}
+
+/// The media types of the Accept header with their q-values.
+fn accepted(headers: &HeaderMap) -> Vec<(String, f32)> {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|item| {
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                })
+                .unwrap_or(1.0);
+            (media, q)
+        })
+        .filter(|(m, _)| !m.is_empty())
+        .collect()
+}
+
+/// `application/graphql-response+json` when the client accepts it (and it ranks at least as high
+/// as `application/json`), else `application/json`; no Accept header means `application/json`.
+fn response_media_type(headers: &HeaderMap) -> Result<&'static str, GatewayError> {
+    let accepted = accepted(headers);
+    if accepted.is_empty() {
+        return Ok("application/json");
+    }
+    let q_of = |wanted: &str| {
+        accepted
+            .iter()
+            .filter(|(m, _)| m == wanted || m == "*/*" || m == "application/*")
+            .map(|(m, q)| if m == wanted { *q + 0.0001 } else { *q })
+            .fold(0.0f32, f32::max)
+    };
+    let (new, legacy) = (q_of(GRAPHQL_RESPONSE), q_of("application/json"));
+    match (new > 0.0, legacy > 0.0) {
+        (false, false) => Err(GatewayError::NotAcceptable),
+        (true, _) if new >= legacy => Ok(GRAPHQL_RESPONSE),
+        _ => Ok("application/json"),
+    }
+}
+
+fn accepts_html(headers: &HeaderMap) -> bool {
+    accepted(headers)
+        .iter()
+        .any(|(m, q)| m == "text/html" && *q > 0.0)
+}
