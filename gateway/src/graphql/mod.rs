@@ -202,7 +202,7 @@ impl GraphQL {
             async move {
                 match params {
                     Ok(params) => self.execute(params, scope, get).await,
-                    Err(message) => Executed::RequestError(request_error("BAD_REQUEST", &message)),
+                    Err(message) => Executed::Malformed(request_error("BAD_REQUEST", &message)),
                 }
             }
         };
@@ -219,6 +219,7 @@ impl GraphQL {
                     };
                     Ok(respond(status, media, body))
                 }
+                Executed::Malformed(body) => Ok(respond(StatusCode::BAD_REQUEST, media, body)),
                 Executed::MutationOverGet => Err(GatewayError::MethodNotAllowed {
                     method: Method::GET,
                     path: path.to_owned(),
@@ -230,7 +231,9 @@ impl GraphQL {
                 let bodies: Vec<String> = results
                     .into_iter()
                     .map(|r| match r {
-                        Executed::Done(body) | Executed::RequestError(body) => body,
+                        Executed::Done(body) | Executed::RequestError(body) | Executed::Malformed(body) => {
+                            body
+                        }
                         Executed::MutationOverGet => request_error("BAD_REQUEST", "mutations need POST"),
                     })
                     .collect();
@@ -243,7 +246,7 @@ impl GraphQL {
     async fn execute(&self, params: Params, scope: RequestScope, over_get: bool) -> Executed {
         let c = &self.config;
         let Some(query) = params.query else {
-            return Executed::RequestError(request_error("BAD_REQUEST", "the request has no `query`"));
+            return Executed::Malformed(request_error("BAD_REQUEST", "the request has no `query`"));
         };
         if query.len() > c.max_query_size {
             return Executed::RequestError(request_error(
@@ -405,6 +408,9 @@ enum Operations {
 enum Executed {
     Done(String),
     RequestError(String),
+    /// Not a GraphQL request at all (no `query`, parameters of the wrong type): 400 whatever
+    /// the media type.
+    Malformed(String),
     MutationOverGet,
 }
 
@@ -463,7 +469,7 @@ fn params_from_body(bytes: &Bytes, batching: bool, max_batch: usize) -> Result<O
                 .collect::<Result<_, _>>()
                 .map(Operations::Many)
         }
-        other => Ok(Operations::One(params_of(other))),
+        other => params_of(other).map(|p| Operations::One(Ok(p))),
     }
 }
 
@@ -582,25 +588,27 @@ fn accepted(headers: &HeaderMap) -> Vec<(String, f32)> {
         .collect()
 }
 
-/// `application/graphql-response+json` when the client accepts it (and it ranks at least as high
-/// as `application/json`), else `application/json`; no Accept header means `application/json`.
+/// `application/graphql-response+json` when the client names it (and ranks it at least as high
+/// as `application/json`); otherwise `application/json`, also for `*/*` and for no Accept header,
+/// as the GraphQL over HTTP spec asks of servers that serve older clients.
 fn response_media_type(headers: &HeaderMap) -> Result<&'static str, GatewayError> {
     let accepted = accepted(headers);
     if accepted.is_empty() {
         return Ok("application/json");
     }
-    let q_of = |wanted: &str| {
+    let q_of = |matches: &dyn Fn(&str) -> bool| {
         accepted
             .iter()
-            .filter(|(m, _)| m == wanted || m == "*/*" || m == "application/*")
-            .map(|(m, q)| if m == wanted { *q + 0.0001 } else { *q })
+            .filter(|(m, _)| matches(m))
+            .map(|(_, q)| *q)
             .fold(0.0f32, f32::max)
     };
-    let (new, legacy) = (q_of(GRAPHQL_RESPONSE), q_of("application/json"));
+    let new = q_of(&|m| m == GRAPHQL_RESPONSE);
+    let legacy = q_of(&|m| m == "application/json" || m == "application/*" || m == "*/*");
     match (new > 0.0, legacy > 0.0) {
-        (false, false) => Err(GatewayError::NotAcceptable),
         (true, _) if new >= legacy => Ok(GRAPHQL_RESPONSE),
-        _ => Ok("application/json"),
+        (_, true) => Ok("application/json"),
+        _ => Err(GatewayError::NotAcceptable),
     }
 }
 

@@ -321,6 +321,7 @@ fn select_all(value: &Value, path: &[String]) -> Value {
     select(value, path).cloned().unwrap_or(Value::Null)
 }
 
+/// A field read from its parent's JSON: borrowed, not copied (the parent outlives its fields).
 fn from_parent<'a>(
     ctx: &ResolverContext<'a>,
     path: &[String],
@@ -331,8 +332,42 @@ fn from_parent<'a>(
         .downcast_ref::<Value>()
         .and_then(|p| select(p, path))
     {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => to_field_value(v.clone(), shape),
+        None => Ok(None),
+        Some(v) => borrowed_field_value(v, shape),
+    }
+}
+
+fn borrowed_field_value<'a>(value: &'a Value, shape: &Shape) -> Result<Option<FieldValue<'a>>, Error> {
+    match (shape, value) {
+        (_, Value::Null) => Ok(None),
+        (Shape::Leaf, value) => Ok(Some(FieldValue::value(leaf(value)))),
+        (Shape::Object, Value::Object(_)) => Ok(Some(FieldValue::borrowed_any(value))),
+        (Shape::Object, _) => Err(invalid("expected a JSON object")),
+        (Shape::List(inner), Value::Array(items)) => {
+            let items = items
+                .iter()
+                .map(|item| borrowed_field_value(item, inner).map(|v| v.unwrap_or(FieldValue::NULL)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(FieldValue::list(items)))
+        }
+        (Shape::List(_), _) => Err(invalid("expected a JSON array")),
+    }
+}
+
+/// A JSON value as a GraphQL leaf value (without a serde round trip).
+fn leaf(value: &Value) -> async_graphql::Value {
+    use async_graphql::Value as G;
+    match value {
+        Value::Null => G::Null,
+        Value::Bool(b) => G::Boolean(*b),
+        Value::Number(n) => G::Number(n.clone()),
+        Value::String(s) => G::String(s.clone()),
+        Value::Array(items) => G::List(items.iter().map(leaf).collect()),
+        Value::Object(map) => G::Object(
+            map.iter()
+                .map(|(k, v)| (async_graphql::Name::new(k), leaf(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -366,9 +401,7 @@ fn to_field_value<'a>(value: Value, shape: &Shape) -> Result<Option<FieldValue<'
         return Ok(None);
     }
     match (shape, value) {
-        (Shape::Leaf, value) => async_graphql::Value::from_json(value)
-            .map(|v| Some(FieldValue::value(v)))
-            .map_err(|_| invalid("a value that is not JSON")),
+        (Shape::Leaf, value) => Ok(Some(FieldValue::value(leaf(&value)))),
         (Shape::Object, value @ Value::Object(_)) => Ok(Some(FieldValue::owned_any(value))),
         (Shape::Object, _) => Err(invalid("expected a JSON object")),
         (Shape::List(inner), Value::Array(items)) => {
