@@ -47,13 +47,14 @@ use resolve::{Engine, RequestScope};
 
 pub use directives::DECLARATIONS;
 
-/// Headers a backend call carries from the client's request (besides identity and the request
-/// id, which it always gets).
-const PASSED_ON: [HeaderName; 3] = [
-    HeaderName::from_static("traceparent"),
+/// Headers a backend call carries from the client's request (besides identity, the request id
+/// and `traceparent`, which it always gets).
+const PASSED_ON: [HeaderName; 2] = [
     HeaderName::from_static("tracestate"),
     HeaderName::from_static("idempotency-key"),
 ];
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Headers that prove a request was preflighted (or sent by a non-browser client).
 const PREFLIGHT_HEADERS: [&str; 3] = [
@@ -337,6 +338,13 @@ impl GraphQL {
     fn upstream_headers(&self, headers: &HeaderMap, ctx: &RequestContext) -> (HeaderMap, HeaderMap) {
         let mut plain = HeaderMap::new();
         plain.insert(&X_REQUEST_ID, ctx.request_id.clone());
+        // Every call joins the client's trace, or one trace of this request's own.
+        let traceparent = headers
+            .get(&TRACEPARENT)
+            .filter(|v| is_traceparent(v.as_bytes()))
+            .cloned()
+            .unwrap_or_else(new_traceparent);
+        plain.insert(TRACEPARENT, traceparent);
         for name in &PASSED_ON {
             if let Some(v) = headers.get(name) {
                 plain.insert(name.clone(), v.clone());
@@ -612,8 +620,97 @@ fn response_media_type(headers: &HeaderMap) -> Result<&'static str, GatewayError
     }
 }
 
+/// W3C Trace Context: `version-traceid-parentid-flags`, lower-case hex, ids not all zero.
+fn is_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
+    v.len() == 55
+        && v[2] == b'-'
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(&v[..2])
+        && &v[..2] != b"ff"
+        && hex(&v[3..35])
+        && nonzero(&v[3..35])
+        && hex(&v[36..52])
+        && nonzero(&v[36..52])
+        && hex(&v[53..])
+}
+
+fn new_traceparent() -> HeaderValue {
+    let text = format!("00-{:032x}-{:016x}-01", fastrand::u128(1..), fastrand::u64(1..));
+    HeaderValue::try_from(text).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
+}
+
 fn accepts_html(headers: &HeaderMap) -> bool {
     accepted(headers)
         .iter()
         .any(|(m, q)| m == "text/html" && *q > 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn media_type_negotiation() {
+        let pick = |accept| response_media_type(&headers(&[("accept", accept)])).ok();
+        assert_eq!(
+            response_media_type(&HeaderMap::new()).ok(),
+            Some("application/json")
+        );
+        assert_eq!(pick("*/*"), Some("application/json"));
+        assert_eq!(pick("application/graphql-response+json"), Some(GRAPHQL_RESPONSE));
+        assert_eq!(
+            pick("application/graphql-response+json, application/json;q=0.9"),
+            Some(GRAPHQL_RESPONSE)
+        );
+        assert_eq!(
+            pick("application/json, application/graphql-response+json;q=0.5"),
+            Some("application/json")
+        );
+        assert_eq!(pick("text/html"), None);
+    }
+
+    #[test]
+    fn csrf_needs_a_non_simple_content_type_or_a_preflight_header() {
+        assert!(!preflighted(&HeaderMap::new()));
+        assert!(!preflighted(&headers(&[(
+            "content-type",
+            "text/plain;charset=utf-8"
+        )])));
+        assert!(!preflighted(&headers(&[(
+            "content-type",
+            "multipart/form-data; boundary=x"
+        )])));
+        assert!(!preflighted(&headers(&[(
+            "content-type",
+            "application/x-www-form-urlencoded"
+        )])));
+        assert!(preflighted(&headers(&[("content-type", "application/json")])));
+        assert!(preflighted(&headers(&[("apollo-require-preflight", "true")])));
+    }
+
+    #[test]
+    fn traceparent_validation() {
+        assert!(is_traceparent(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent(
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent(
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+        assert!(is_traceparent(new_traceparent().as_bytes()));
+    }
 }

@@ -73,8 +73,11 @@ pub fn read(dir: &Path, at: &Location) -> Result<Files, Vec<ConfigError>> {
             Ok(doc) => docs.push((name, doc.definitions)),
             Err(e) => {
                 let pos = e.positions().next().unwrap_or(Pos { line: 1, column: 1 });
-                let message = e.to_string().lines().next().unwrap_or("syntax error").to_owned();
-                errors.push(at_pos(&name, pos, format!("invalid GraphQL SDL: {message}")));
+                errors.push(at_pos(
+                    &name,
+                    pos,
+                    format!("invalid GraphQL SDL: {}", parse_error_message(&e)),
+                ));
             }
         }
     }
@@ -82,6 +85,21 @@ pub fn read(dir: &Path, at: &Location) -> Result<Files, Vec<ConfigError>> {
         Ok(Files { docs })
     } else {
         Err(errors)
+    }
+}
+
+/// A parser error in one line: pest's message ends with "= expected ..." under a drawing of the
+/// line, which `file:line:column` already points at.
+pub(super) fn parse_error_message(e: &async_graphql::parser::Error) -> String {
+    match e {
+        async_graphql::parser::Error::Syntax { message, .. } => message
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(|l| l.trim_start_matches("= ").to_owned())
+            .unwrap_or_else(|| "syntax error".into()),
+        other => other.to_string(),
     }
 }
 
@@ -400,7 +418,7 @@ fn field_plan(
                 "`batch` needs sibling parents: it is for fields of object types, not root fields".into(),
             ));
         }
-    } else if is_root {
+    } else if is_root && !field.directives.iter().any(|d| d.node.name.node == "http") {
         problems.push((
             field.name.pos,
             format!("a field of {type_name} needs @http: there is no parent data to read"),
