@@ -2,6 +2,7 @@
 //! backends, all on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod graphql;
 pub mod redis;
 
 use std::io::{Read, Write};

@@ -28,7 +28,7 @@ directive @http(
   query: GatewayMap
   "The request body: a lone {args.x} sends that argument as JSON."
   body: String
-  "Request headers: name → template."
+  "Request headers: name → template (`_` in a name is sent as `-`: x_tenant is x-tenant)."
   headers: GatewayMap
   "The part of the JSON response to use, like \"data.items\"."
   select: String
@@ -170,7 +170,8 @@ pub fn http(
             "headers" => match templates(&value.node) {
                 Ok(pairs) => {
                     for (header, template) in pairs {
-                        match header.parse::<HeaderName>() {
+                        // GraphQL names cannot hold `-`: `x_tenant` is the header x-tenant.
+                        match header.replace('_', "-").parse::<HeaderName>() {
                             Ok(h) => call.headers.push((h, template)),
                             Err(_) => fail(format!("\"{header}\" is not a header name")),
                         }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
@@ -126,8 +126,11 @@ impl Rendered {
             let json = t.render_json(scope).unwrap_or(Value::Null);
             Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
         });
-        if body.is_some() {
+        if let Some(body) = &body {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // A declared length lets the upstream layer keep the body, so the call can be
+            // retried when that is safe (an Idempotency-Key, or a connection never made).
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
         Some(Self {
             upstream: upstream.clone(),

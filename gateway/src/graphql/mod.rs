@@ -89,7 +89,7 @@ impl GraphQL {
         upstreams: &[Arc<Upstream>],
         identity_headers: Vec<HeaderName>,
     ) -> Result<Self, Vec<ConfigError>> {
-        let files = sdl::read(&config.schema_dir, &config.schema_location)?;
+        let (files, mut errors) = sdl::read(&config.schema_dir, &config.schema_location)?;
         let engine = Arc::new(Engine {
             upstreams: upstreams
                 .iter()
@@ -104,7 +104,21 @@ impl GraphQL {
             max_depth: config.max_depth,
             max_complexity: config.max_complexity,
         };
-        let (schema, types) = sdl::build(&files, &services, &engine, &options)?;
+        let built = sdl::build(&files, &services, &engine, &options);
+        let (schema, types) =
+            match built {
+                Ok(built) if errors.is_empty() => built,
+                Ok(_) => return Err(errors),
+                // Errors in the files that parsed; a type defined in a file that did not parse is
+                // reported as unknown, which says nothing new.
+                Err(more) if !errors.is_empty() => {
+                    errors.extend(more.into_iter().filter(|e| {
+                        !e.message.contains("unknown type") && !e.message.contains("has no `type")
+                    }));
+                    return Err(errors);
+                }
+                Err(more) => return Err(more),
+            };
         Ok(Self {
             config: config.clone(),
             schema,

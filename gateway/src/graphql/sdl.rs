@@ -31,7 +31,8 @@ pub struct Files {
 }
 
 /// Reads every `*.graphql` file of `dir`. `at` is where the config names the directory.
-pub fn read(dir: &Path, at: &Location) -> Result<Files, Vec<ConfigError>> {
+/// Files that do not parse are reported in the second part; the rest are still checked.
+pub fn read(dir: &Path, at: &Location) -> Result<(Files, Vec<ConfigError>), Vec<ConfigError>> {
     let fail = |message: String| {
         vec![ConfigError {
             location: at.clone(),
@@ -81,11 +82,7 @@ pub fn read(dir: &Path, at: &Location) -> Result<Files, Vec<ConfigError>> {
             }
         }
     }
-    if errors.is_empty() {
-        Ok(Files { docs })
-    } else {
-        Err(errors)
-    }
+    Ok((Files { docs }, errors))
 }
 
 /// A parser error in one line: pest's message ends with "= expected ..." under a drawing of the
@@ -196,6 +193,10 @@ pub fn build(
         }
     }
 
+    // Without a `schema { mutation: ... }` block, a type named Mutation is the mutation root.
+    if mutation_name.is_none() && types.contains_key("Mutation") {
+        mutation_name = Some("Mutation".to_owned());
+    }
     let kinds: HashMap<&str, Kind> = types
         .iter()
         .filter_map(|(name, (file, def))| {
