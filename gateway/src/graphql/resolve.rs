@@ -197,7 +197,7 @@ async fn resolve<'a>(
     let ttl = call.cache;
     let keep_stale = call.fallback == Fallback::Stale;
     let outcome = match &call.batch {
-        None => engine.call(rendered, ttl, keep_stale, deadline).await,
+        None => cached_call(&engine.cache, rendered, ttl, keep_stale, deadline).await,
         Some(batch) => {
             let Some(value) = batch.parent.lookup(&scope).and_then(text_of) else {
                 return Ok(None);
@@ -209,7 +209,8 @@ async fn resolve<'a>(
                 .batcher
                 .load(group, value.clone(), move |values| {
                     rendered.add_batch(&param, separator.as_deref(), &values);
-                    async move { call_with(&engine_cache, rendered, ttl, keep_stale, deadline).await }.boxed()
+                    async move { cached_call(&engine_cache, rendered, ttl, keep_stale, deadline).await }
+                        .boxed()
                 })
                 .await;
             outcome.and_then(|got| {
@@ -258,21 +259,9 @@ async fn resolve<'a>(
     }
 }
 
-impl Engine {
-    async fn call(
-        &self,
-        rendered: Rendered,
-        ttl: Option<Duration>,
-        keep_stale: bool,
-        deadline: Instant,
-    ) -> Outcome {
-        call_with(&self.cache, rendered, ttl, keep_stale, deadline).await
-    }
-}
-
 /// One call: a fresh cached answer, or the backend's (shared with identical calls in flight),
 /// or on failure the stale answer when the field's fallback asks for it.
-async fn call_with(
+async fn cached_call(
     cache: &Arc<CallCache>,
     rendered: Rendered,
     ttl: Option<Duration>,
