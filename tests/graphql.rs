@@ -213,6 +213,82 @@ type Item { id: ID! }
     assert_eq!((a.hits(), b.hits(), c.hits()), (1, 1, 1));
 }
 
+/// Nested fields are concurrent too: a user (200 ms), then its orders and recommendations side
+/// by side (200 ms each), and for every order, through the plain `lines` list, its lines'
+/// products in one batched call beside the order's own `invoice` call (200 ms each): 600 ms, not
+/// the 1000 ms of one call after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_fields_are_fetched_concurrently() {
+    let delay = Duration::from_millis(200);
+    let users = slow_backend(delay, json!({"id": "u1"})).await;
+    let orders = slow_backend(
+        delay,
+        json!([{"id": "o1", "lines": [{"p": "p1"}, {"p": "p2"}]}, {"id": "o2", "lines": [{"p": "p2"}]}]),
+    )
+    .await;
+    let recs = slow_backend(delay, json!([{"id": "p9"}])).await;
+    let catalog = slow_backend(delay, json!([{"id": "p1"}, {"id": "p2"}])).await;
+    let invoices = slow_backend(delay, json!({"id": "inv"})).await;
+    let gw = start(
+        r#"
+type Query {
+  user: User @http(service: "users", path: "/u1")
+}
+type User {
+  id: ID!
+  orders: [Order!]! @http(service: "orders", path: "/orders")
+  recommendations: [Item!]! @http(service: "recs", path: "/recs")
+}
+type Order {
+  id: ID!
+  lines: [Line!]!
+  invoice: Item @http(service: "invoices", path: "/{parent.id}")
+}
+type Line {
+  product: Item @http(service: "catalog", path: "/products", query: {ids: "{parent.p}"}, batch: {key: "id"})
+}
+type Item { id: ID! }
+"#,
+        &[
+            ("users", &users.url),
+            ("orders", &orders.url),
+            ("recs", &recs.url),
+            ("catalog", &catalog.url),
+            ("invoices", &invoices.url),
+        ],
+        "",
+        "",
+    )
+    .await;
+    let started = Instant::now();
+    let (status, _, body) = post(
+        &client(),
+        &gw.url(),
+        "{ user { id orders { id lines { product { id } } invoice { id } } recommendations { id } } }",
+        Value::Null,
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["user"]["orders"][0],
+        json!({"id": "o1", "lines": [{"product": {"id": "p1"}}, {"product": {"id": "p2"}}], "invoice": {"id": "inv"}}),
+        "{body}"
+    );
+    assert_eq!(
+        body["data"]["user"]["recommendations"],
+        json!([{"id": "p9"}]),
+        "{body}"
+    );
+    assert!(took >= delay * 3, "answered before the backends did: {took:?}");
+    assert!(
+        took < Duration::from_millis(900),
+        "nested calls waited for each other: {took:?}"
+    );
+    assert_eq!(catalog.hits(), 1, "one batched catalog call");
+    assert_eq!(invoices.hits(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. N+1
 

@@ -16,6 +16,7 @@ mod fetch;
 mod limits;
 mod nulls;
 pub mod playground;
+mod prefetch;
 mod resolve;
 mod sdl;
 mod template;
@@ -96,6 +97,7 @@ impl GraphQL {
                 .map(|u| (u.name().to_owned(), u.clone()))
                 .collect::<HashMap<_, _>>(),
             cache: Arc::new(CallCache::new(config.cache_max_entries, config.stale_grace)),
+            plans: Default::default(),
         });
         let services: Vec<&str> = upstreams.iter().map(|u| u.name()).collect();
         let options = sdl::Options {

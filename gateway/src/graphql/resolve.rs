@@ -2,9 +2,16 @@
 //! timeout and fallback); any other field reads its parent's JSON by name (or `@from` key). Both
 //! check `@auth` first. Failures become GraphQL errors with `extensions.code`, and every field
 //! answered by a fallback (or left null by a failure) is listed in `extensions.degraded`.
+//!
+//! A call is made in three steps: [`prepare`] renders it from the field's arguments and parent
+//! (synchronously), [`run`] sends it (cached, batched), and [`finish`] turns its outcome into the
+//! field's value (select, batch pick, fallback). Splitting them lets `prefetch` start the calls
+//! of an object's fields as soon as the object's JSON arrives: async-graphql's dynamic executor
+//! resolves the fields of nested objects one after another, so without it sibling calls below
+//! the root would wait for each other.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_graphql::dynamic::{FieldFuture, FieldValue, ResolverContext};
@@ -18,15 +25,30 @@ use super::batch::Batcher;
 use super::cache::CallCache;
 use super::directives::{Fallback, HttpCall};
 use super::fetch::{CallError, Rendered};
+use super::prefetch::{self, Pending};
 use super::template::{Scope, select, text_of};
 use crate::auth::Identity;
 use crate::upstream::Upstream;
 
-/// What every resolver of a schema shares: the services and the response cache.
+/// What every resolver of a schema shares: the services, the response cache, and every field's
+/// plan (for prefetching; set once the schema is built).
 #[derive(Debug)]
 pub struct Engine {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub cache: Arc<CallCache>,
+    pub plans: OnceLock<Plans>,
+}
+
+/// Field plans by object type and field name.
+#[derive(Debug, Default)]
+pub struct Plans {
+    pub types: HashMap<String, HashMap<String, Arc<FieldPlan>>>,
+}
+
+impl Plans {
+    pub fn field(&self, type_name: &str, field: &str) -> Option<&Arc<FieldPlan>> {
+        self.types.get(type_name)?.get(field)
+    }
 }
 
 /// How a field's JSON becomes its GraphQL value.
@@ -56,6 +78,10 @@ pub struct FieldPlan {
     pub shape: Shape,
     /// `@auth` scopes of the field or its type; `None`: public.
     pub scopes: Option<Vec<String>>,
+    /// The named type the field returns (its element type for lists).
+    pub type_name: String,
+    /// Arguments' default values, for calls prepared before the field's resolver runs.
+    pub arg_defaults: Vec<(String, Value)>,
 }
 
 /// A successful call: its document, and whether it is a stale stand-in (and why).
@@ -65,7 +91,24 @@ pub struct Got {
     stale_because: Option<&'static str>,
 }
 
-type Outcome = Result<Got, CallError>;
+pub type Outcome = Result<Got, CallError>;
+
+/// A call rendered for one field, not yet made.
+pub struct Prepared {
+    pub rendered: Rendered,
+    pub ttl: Option<Duration>,
+    pub keep_stale: bool,
+    pub deadline: Instant,
+    /// For a batched field: its value of the batched parameter and its batch (field and call).
+    pub batch: Option<BatchMember>,
+}
+
+pub struct BatchMember {
+    pub value: String,
+    pub group: Arc<str>,
+    pub param: String,
+    pub separator: Option<String>,
+}
 
 /// Per-request facts the resolvers read (async-graphql request data).
 pub struct RequestScope {
@@ -78,6 +121,18 @@ pub struct RequestScope {
     pub identity_headers: HeaderMap,
     pub batcher: Batcher<Outcome>,
     pub degraded: Mutex<Vec<Value>>,
+    /// Calls started ahead of their fields' resolvers, by response path.
+    pub prefetched: Mutex<HashMap<String, Pending>>,
+    /// Those calls' tasks: aborted when the request is over.
+    pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for RequestScope {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
 }
 
 impl RequestScope {
@@ -94,6 +149,8 @@ impl RequestScope {
             identity_headers,
             batcher: Batcher::default(),
             degraded: Mutex::new(Vec::new()),
+            prefetched: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -165,16 +222,61 @@ async fn resolve<'a>(
         Source::Parent(path) => return from_parent(ctx, path, &plan.shape),
         Source::Http(call) => call,
     };
-    let args = Value::Object(
-        ctx.args
-            .as_index_map()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone().into_json().unwrap_or(Value::Null)))
-            .collect(),
-    );
-    let parent = ctx.parent_value.downcast_ref::<Value>().unwrap_or(&Value::Null);
+    let path = ctx.path_node.as_ref().map(path_key).unwrap_or_default();
+    let pending = request
+        .prefetched
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&path);
+    let (outcome, batch_value) = match pending {
+        Some(pending) => (pending.outcome.await, pending.batch_value),
+        None => {
+            let args = Value::Object(
+                ctx.args
+                    .as_index_map()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone().into_json().unwrap_or(Value::Null)))
+                    .collect(),
+            );
+            let parent = ctx.parent_value.downcast_ref::<Value>().unwrap_or(&Value::Null);
+            // A placeholder without a value (a null parent id): there is nothing to ask for.
+            let Some(prepared) = prepare(engine, plan, call, request, &args, parent)? else {
+                return Ok(None);
+            };
+            let batch_value = prepared.batch.as_ref().map(|b| b.value.clone());
+            (run(engine, request, prepared).await, batch_value)
+        }
+    };
+    let value = finish(ctx, request, plan, call, outcome, batch_value.as_deref())?;
+    if let Some(plans) = engine.plans.get()
+        && plans.types.contains_key(&plan.type_name)
+    {
+        prefetch::start(
+            engine,
+            plans,
+            request,
+            &value,
+            &plan.type_name,
+            ctx.field(),
+            &path,
+        );
+    }
+    to_field_value(value, &plan.shape)
+}
+
+/// Renders `call` for a field with these arguments and parent; `None` when a placeholder it
+/// needs has no value. Checks `@auth` first.
+pub fn prepare(
+    engine: &Engine,
+    plan: &FieldPlan,
+    call: &HttpCall,
+    request: &RequestScope,
+    args: &Value,
+    parent: &Value,
+) -> Result<Option<Prepared>, Error> {
+    authorize(plan.scopes.as_deref(), request.identity.as_deref())?;
     let scope = Scope {
-        args: &args,
+        args,
         parent,
         identity: request.identity.as_deref(),
     };
@@ -190,65 +292,96 @@ async fn resolve<'a>(
     let Some(upstream) = engine.upstreams.get(&call.service) else {
         return Err(error("INTERNAL", "the field's service is not configured", None));
     };
-    // A path placeholder without a value (a null parent id): there is nothing to ask for.
-    let Some(mut rendered) = Rendered::new(call, upstream, &scope, headers) else {
+    let Some(rendered) = Rendered::new(call, upstream, &scope, headers) else {
         return Ok(None);
     };
-    let ttl = call.cache;
-    let keep_stale = call.fallback == Fallback::Stale;
-    let outcome = match &call.batch {
-        None => cached_call(&engine.cache, rendered, ttl, keep_stale, deadline).await,
+    let batch = match &call.batch {
+        None => None,
         Some(batch) => {
             let Some(value) = batch.parent.lookup(&scope).and_then(text_of) else {
                 return Ok(None);
             };
-            let group: Arc<str> = format!("{}\n{}", plan.id, rendered.cache_key()).into();
-            let (param, separator) = (batch.param.clone(), batch.separator.clone());
-            let engine_cache = engine.cache.clone();
-            let outcome = request
-                .batcher
-                .load(group, value.clone(), move |values| {
-                    rendered.add_batch(&param, separator.as_deref(), &values);
-                    async move { cached_call(&engine_cache, rendered, ttl, keep_stale, deadline).await }
-                        .boxed()
-                })
-                .await;
-            outcome.and_then(|got| {
-                let items = select_all(&got.value, &call.select);
-                let Value::Array(items) = items else {
-                    return Err(CallError::Invalid("a batched call must answer a JSON array"));
-                };
-                let mine = items.iter().filter(|item| {
-                    select(item, &batch.key).and_then(text_of).as_deref() == Some(value.as_str())
-                });
-                let picked = match plan.shape {
-                    Shape::List(_) => Value::Array(mine.cloned().collect()),
-                    _ => mine.into_iter().next().cloned().unwrap_or(Value::Null),
-                };
-                Ok(Got {
-                    value: Arc::new(picked),
-                    stale_because: got.stale_because,
-                })
+            Some(BatchMember {
+                value,
+                group: format!("{}\n{}", plan.id, rendered.cache_key()).into(),
+                param: batch.param.clone(),
+                separator: batch.separator.clone(),
             })
         }
     };
-    let batched = call.batch.is_some();
-    match outcome {
-        Ok(got) => {
-            if let Some(reason) = got.stale_because {
+    Ok(Some(Prepared {
+        rendered,
+        ttl: call.cache,
+        keep_stale: call.fallback == Fallback::Stale,
+        deadline,
+        batch,
+    }))
+}
+
+/// Makes a prepared call: alone, or as a member of its batch.
+async fn run(engine: &Engine, request: &RequestScope, prepared: Prepared) -> Outcome {
+    let Prepared {
+        mut rendered,
+        ttl,
+        keep_stale,
+        deadline,
+        batch,
+    } = prepared;
+    match batch {
+        None => cached_call(&engine.cache, rendered, ttl, keep_stale, deadline).await,
+        Some(member) => {
+            let cache = engine.cache.clone();
+            request
+                .batcher
+                .load(member.group, member.value, move |values| {
+                    rendered.add_batch(&member.param, member.separator.as_deref(), &values);
+                    async move { cached_call(&cache, rendered, ttl, keep_stale, deadline).await }.boxed()
+                })
+                .await
+        }
+    }
+}
+
+/// A call's outcome as the field's JSON: its part of the answer (for a batch member, its items),
+/// or the fallback, or the error.
+fn finish(
+    ctx: &ResolverContext<'_>,
+    request: &RequestScope,
+    plan: &FieldPlan,
+    call: &HttpCall,
+    outcome: Outcome,
+    batch_value: Option<&str>,
+) -> Result<Value, Error> {
+    let picked = outcome.and_then(|got| {
+        let selected = select(&got.value, &call.select).unwrap_or(&Value::Null);
+        let value = match (&call.batch, batch_value) {
+            (Some(batch), Some(mine)) => {
+                let Value::Array(items) = selected else {
+                    return Err(CallError::Invalid("a batched call must answer a JSON array"));
+                };
+                let mut matching = items
+                    .iter()
+                    .filter(|item| select(item, &batch.key).and_then(text_of).as_deref() == Some(mine));
+                match plan.shape {
+                    Shape::List(_) => Value::Array(matching.cloned().collect()),
+                    _ => matching.next().cloned().unwrap_or(Value::Null),
+                }
+            }
+            _ => selected.clone(),
+        };
+        Ok((value, got.stale_because))
+    });
+    match picked {
+        Ok((value, stale_because)) => {
+            if let Some(reason) = stale_because {
                 request.degrade(ctx, reason, "stale");
             }
-            let value = if batched {
-                (*got.value).clone()
-            } else {
-                select_all(&got.value, &call.select)
-            };
-            to_field_value(value, &plan.shape)
+            Ok(value)
         }
         Err(e) if e.falls_back() => match &call.fallback {
             Fallback::Value(v) => {
                 request.degrade(ctx, e.code(), "literal");
-                to_field_value(v.clone(), &plan.shape)
+                Ok(v.clone())
             }
             Fallback::Stale | Fallback::None => {
                 request.degrade(ctx, e.code(), "none");
@@ -259,9 +392,24 @@ async fn resolve<'a>(
     }
 }
 
+/// A response path as a map key: `user.orders.0.items`.
+pub fn path_key(node: &async_graphql::QueryPathNode<'_>) -> String {
+    let mut segments = Vec::new();
+    let mut current = Some(node);
+    while let Some(n) = current {
+        segments.push(match n.segment {
+            async_graphql::QueryPathSegment::Name(name) => name.to_owned(),
+            async_graphql::QueryPathSegment::Index(i) => i.to_string(),
+        });
+        current = n.parent;
+    }
+    segments.reverse();
+    segments.join(".")
+}
+
 /// One call: a fresh cached answer, or the backend's (shared with identical calls in flight),
 /// or on failure the stale answer when the field's fallback asks for it.
-async fn cached_call(
+pub async fn cached_call(
     cache: &Arc<CallCache>,
     rendered: Rendered,
     ttl: Option<Duration>,
@@ -304,10 +452,6 @@ async fn cached_call(
         },
         Err(e) => Err(e),
     }
-}
-
-fn select_all(value: &Value, path: &[String]) -> Value {
-    select(value, path).cloned().unwrap_or(Value::Null)
 }
 
 /// A field read from its parent's JSON: borrowed, not copied (the parent outlives its fields).
@@ -361,7 +505,7 @@ fn leaf(value: &Value) -> async_graphql::Value {
 }
 
 /// `@auth`: no caller, or one without the scopes, gets FORBIDDEN for this field only.
-fn authorize(scopes: Option<&[String]>, identity: Option<&Identity>) -> Result<(), Error> {
+pub fn authorize(scopes: Option<&[String]>, identity: Option<&Identity>) -> Result<(), Error> {
     let Some(required) = scopes else { return Ok(()) };
     match identity {
         None => Err(error(

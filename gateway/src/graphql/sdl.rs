@@ -18,7 +18,7 @@ use async_graphql::parser::{Pos, Positioned, parse_schema};
 
 use super::directives::{self, DECLARATIONS, DECLARED_NAMES};
 use super::nulls::Types;
-use super::resolve::{Engine, FieldPlan, Shape, Source, resolver};
+use super::resolve::{Engine, FieldPlan, Plans, Shape, Source, resolver};
 use crate::config::{ConfigError, Location};
 
 const BUILT_IN_SCALARS: [&str; 5] = ["String", "Int", "Float", "Boolean", "ID"];
@@ -250,6 +250,7 @@ pub fn build(
     }
 
     let mut builder_types: Vec<async_graphql::dynamic::Type> = Vec::new();
+    let mut plans = Plans::default();
     let mut field_types = Types {
         query: query_name.clone(),
         mutation: mutation_name.clone(),
@@ -279,6 +280,12 @@ pub fn build(
                     };
                     match field_plan(name, &field.node, is_root, services, &kind_of, &type_scopes) {
                         Ok(plan) => {
+                            let plan = Arc::new(plan);
+                            plans
+                                .types
+                                .entry(name.clone())
+                                .or_default()
+                                .insert(field.node.name.node.to_string(), plan.clone());
                             out = out.field(dynamic_field(
                                 &field.node,
                                 plan,
@@ -337,6 +344,7 @@ pub fn build(
             message: format!("the schema is not valid: {e}"),
         }]
     })?;
+    let _ = engine.plans.set(plans);
     Ok((schema, field_types))
 }
 
@@ -443,18 +451,30 @@ fn field_plan(
         source,
         shape,
         scopes,
+        type_name: named(&field.ty.node).to_owned(),
+        arg_defaults: field
+            .arguments
+            .iter()
+            .filter_map(|a| {
+                let default = a.node.default_value.as_ref()?;
+                Some((
+                    a.node.name.node.to_string(),
+                    default.node.clone().into_json().ok()?,
+                ))
+            })
+            .collect(),
     })
 }
 
 fn dynamic_field(
     def: &FieldDefinition,
-    plan: FieldPlan,
+    plan: Arc<FieldPlan>,
     engine: &Arc<Engine>,
     kind_of: &impl Fn(&str) -> Option<Kind>,
     errors: &mut Vec<ConfigError>,
     file: &str,
 ) -> Field {
-    let (engine, plan) = (engine.clone(), Arc::new(plan));
+    let engine = engine.clone();
     let mut field = Field::new(def.name.node.as_str(), type_ref(&def.ty.node), move |ctx| {
         resolver(&engine, &plan, ctx)
     });
