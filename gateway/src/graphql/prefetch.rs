@@ -81,9 +81,12 @@ struct Walk<'a> {
     engine: &'a Engine,
     plans: &'a Plans,
     request: &'a RequestScope,
-    /// Batches by group: the first member's prepared call, and every member's path and value.
-    batches: HashMap<Arc<str>, (Prepared, Vec<(String, String)>)>,
+    batches: HashMap<Arc<str>, (Prepared, Vec<Member>)>,
 }
+
+/// A batch member's response path and batched value. A batch is kept as its first member's
+/// prepared call (without the batched parameter) and every member.
+type Member = (String, String);
 
 impl Walk<'_> {
     fn value(&mut self, value: &Value, type_name: &str, selection: SelectionField<'_>, path: &str) {
