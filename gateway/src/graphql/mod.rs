@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use async_graphql::Variables;
 use async_graphql::dynamic::Schema;
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use axum::body::Body as HttpBody;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -66,11 +66,17 @@ const PREFLIGHT_HEADERS: [&str; 3] = [
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 
+/// How much query text the parsed-document cache keeps.
+const DOCUMENT_CACHE_BYTES: u64 = 4 << 20;
+
 /// The endpoint: its settings and its executable schema.
 pub struct GraphQL {
     config: GraphqlConfig,
     schema: Schema,
     types: nulls::Types,
+    /// Parsed documents that passed the limits, by query text (at most `DOCUMENT_CACHE_BYTES` of
+    /// query text).
+    documents: moka::sync::Cache<Arc<str>, Arc<ExecutableDocument>>,
     /// The upstream headers `[auth.jwt.forward]` sets from the identity.
     identity_headers: Vec<HeaderName>,
 }
@@ -125,6 +131,10 @@ impl GraphQL {
             config: config.clone(),
             schema,
             types,
+            documents: moka::sync::Cache::builder()
+                .weigher(|query: &Arc<str>, _| u32::try_from(query.len()).unwrap_or(u32::MAX))
+                .max_capacity(DOCUMENT_CACHE_BYTES)
+                .build(),
             identity_headers,
         })
     }
@@ -259,39 +269,51 @@ impl GraphQL {
         }
     }
 
-    /// Runs one operation after the limits that need no execution.
-    async fn execute(&self, params: Params, scope: RequestScope, over_get: bool) -> Executed {
+    /// The parsed document of `query`, once it passed the limits that need no execution; the
+    /// error response otherwise. Documents that passed are kept (clients send the same few
+    /// queries over and over), so most requests skip the size, token, parse and alias work.
+    fn document(&self, query: &str) -> Result<Arc<ExecutableDocument>, String> {
+        if let Some(doc) = self.documents.get(query) {
+            return Ok(doc);
+        }
         let c = &self.config;
-        let Some(query) = params.query else {
-            return Executed::Malformed(request_error("BAD_REQUEST", "the request has no `query`"));
-        };
         if query.len() > c.max_query_size {
-            return Executed::RequestError(request_error(
+            return Err(request_error(
                 "QUERY_TOO_LARGE",
                 &format!("the query is larger than {} bytes", c.max_query_size),
             ));
         }
-        if let Err(e) = limits::check_tokens(&query, c.max_tokens) {
-            return Executed::RequestError(request_error(e.code, &e.message));
-        }
-        let doc = match async_graphql::parser::parse_query(&query) {
-            Ok(doc) => doc,
-            Err(e) => {
-                let locations: Vec<Value> = e
-                    .positions()
-                    .map(|p| json!({"line": p.line, "column": p.column}))
-                    .collect();
-                let mut error =
-                    json!({"message": e.to_string(), "extensions": {"code": "GRAPHQL_PARSE_FAILED"}});
-                if !locations.is_empty() {
-                    error["locations"] = Value::Array(locations);
-                }
-                return Executed::RequestError(json!({"errors": [error]}).to_string());
+        limits::check_tokens(query, c.max_tokens).map_err(|e| request_error(e.code, &e.message))?;
+        let doc = async_graphql::parser::parse_query(query).map_err(|e| {
+            let locations: Vec<Value> = e
+                .positions()
+                .map(|p| json!({"line": p.line, "column": p.column}))
+                .collect();
+            let mut error = json!({
+                "message": format!("syntax error: {}", sdl::parse_error_message(&e)),
+                "extensions": {"code": "GRAPHQL_PARSE_FAILED"},
+            });
+            if !locations.is_empty() {
+                error["locations"] = Value::Array(locations);
             }
+            json!({"errors": [error]}).to_string()
+        })?;
+        limits::check_document(&doc, c.max_aliases, c.max_root_fields)
+            .map_err(|e| request_error(e.code, &e.message))?;
+        let doc = Arc::new(doc);
+        self.documents.insert(query.into(), doc.clone());
+        Ok(doc)
+    }
+
+    /// Runs one operation after the limits that need no execution.
+    async fn execute(&self, params: Params, scope: RequestScope, over_get: bool) -> Executed {
+        let Some(query) = params.query else {
+            return Executed::Malformed(request_error("BAD_REQUEST", "the request has no `query`"));
         };
-        if let Err(e) = limits::check_document(&doc, c.max_aliases, c.max_root_fields) {
-            return Executed::RequestError(request_error(e.code, &e.message));
-        }
+        let doc = match self.document(&query) {
+            Ok(doc) => doc,
+            Err(body) => return Executed::RequestError(body),
+        };
         if over_get && is_mutation(&doc, params.operation_name.as_deref()) {
             return Executed::MutationOverGet;
         }
@@ -301,7 +323,7 @@ impl GraphQL {
         if let Some(name) = &params.operation_name {
             request = request.operation_name(name);
         }
-        request.set_parsed_query(doc.clone());
+        request.set_parsed_query((*doc).clone());
         let mut response = self.schema.execute(request.data(scope.clone())).await;
 
         // A response without data and without a field path is a request error: the operation

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::fetch::CallError;
 use super::resolve::{
-    Engine, Outcome, Plans, Prepared, RequestScope, Source, authorize, cached_call, prepare,
+    Engine, Got, Outcome, Plans, Prepared, RequestScope, Source, authorize, cached_call, prepare,
 };
 use super::template::select;
 
@@ -111,15 +111,16 @@ impl Walk<'_> {
         let Some(plan) = self.plans.field(type_name, child.name()) else {
             return;
         };
-        let path = format!("{path}.{}", child.alias().unwrap_or(child.name()));
+        let key = child.alias().unwrap_or(child.name());
         match &plan.source {
-            Source::Parent(key) => {
+            Source::Parent(from) => {
+                // Only objects can hold fields with calls; scalars are the common case.
+                if !self.plans.types.contains_key(&plan.type_name) {
+                    return;
+                }
                 let allowed = authorize(plan.scopes.as_deref(), self.request.identity.as_deref()).is_ok();
-                if allowed
-                    && self.plans.types.contains_key(&plan.type_name)
-                    && let Some(value) = select(parent, key)
-                {
-                    self.value(value, &plan.type_name, child, &path);
+                if allowed && let Some(value) = select(parent, from) {
+                    self.value(value, &plan.type_name, child, &format!("{path}.{key}"));
                 }
             }
             Source::Http(call) => {
@@ -131,6 +132,7 @@ impl Walk<'_> {
                 let Ok(Some(prepared)) = prepare(self.engine, plan, call, self.request, &args, parent) else {
                     return;
                 };
+                let path = format!("{path}.{key}");
                 match prepared
                     .batch
                     .as_ref()
@@ -144,10 +146,18 @@ impl Walk<'_> {
                             deadline,
                             ..
                         } = prepared;
-                        let cache = self.engine.cache.clone();
-                        let outcome = spawn(self.request, async move {
-                            cached_call(&cache, rendered, ttl, keep_stale, deadline).await
-                        });
+                        // A fresh cached answer needs no task.
+                        let outcome = match ttl.and_then(|_| self.engine.cache.fresh(&rendered.cache_key())) {
+                            Some(value) => futures_util::future::ready(Ok(Got::fresh(value)))
+                                .boxed()
+                                .shared(),
+                            None => {
+                                let cache = self.engine.cache.clone();
+                                spawn(self.request, async move {
+                                    cached_call(&cache, rendered, ttl, keep_stale, deadline).await
+                                })
+                            }
+                        };
                         self.request
                             .prefetched
                             .lock()

@@ -91,6 +91,16 @@ pub struct Got {
     stale_because: Option<&'static str>,
 }
 
+impl Got {
+    /// A live (or fresh cached) answer.
+    pub fn fresh(value: Arc<Value>) -> Self {
+        Self {
+            value,
+            stale_because: None,
+        }
+    }
+}
+
 pub type Outcome = Result<Got, CallError>;
 
 /// A call rendered for one field, not yet made.
@@ -417,19 +427,13 @@ pub async fn cached_call(
     deadline: Instant,
 ) -> Outcome {
     if ttl.is_none() && !keep_stale {
-        return rendered.send(deadline).await.map(|value| Got {
-            value,
-            stale_because: None,
-        });
+        return rendered.send(deadline).await.map(Got::fresh);
     }
     let key = rendered.cache_key();
     if ttl.is_some()
         && let Some(value) = cache.fresh(&key)
     {
-        return Ok(Got {
-            value,
-            stale_because: None,
-        });
+        return Ok(Got::fresh(value));
     }
     // Without `cache`, a response is still kept (never fresh) for the stale fallback.
     let store_for = Some(ttl.unwrap_or(Duration::ZERO));
@@ -439,10 +443,7 @@ pub async fn cached_call(
         .await
         .unwrap_or_else(|_| Err(crate::error::GatewayError::UpstreamTimeout.into()));
     match result {
-        Ok(value) => Ok(Got {
-            value,
-            stale_because: None,
-        }),
+        Ok(value) => Ok(Got::fresh(value)),
         Err(e) if keep_stale && e.falls_back() => match cache.stale(&key) {
             Some(value) => Ok(Got {
                 value,
