@@ -21,7 +21,6 @@ mod resolve;
 mod sdl;
 mod template;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::Variables;
@@ -101,7 +100,7 @@ impl GraphQL {
             upstreams: upstreams
                 .iter()
                 .map(|u| (u.name().to_owned(), u.clone()))
-                .collect::<HashMap<_, _>>(),
+                .collect(),
             cache: Arc::new(CallCache::new(config.cache_max_entries, config.stale_grace)),
             plans: Default::default(),
         });
@@ -337,7 +336,8 @@ impl GraphQL {
                     .get_or_insert_with(Default::default)
                     .set("code", "GRAPHQL_VALIDATION_FAILED");
             }
-        } else {
+        } else if !response.errors.is_empty() {
+            // Only a failed field can be missing; without errors there is nothing to fix.
             nulls::propagate(
                 &self.types,
                 &doc,

@@ -5,7 +5,7 @@
 //! response along the operation's selections: a missing field becomes null, and a null in a
 //! non-null position makes its parent null, up to the nearest nullable field (or `data` itself).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use async_graphql::dynamic::TypeRef;
 use async_graphql::indexmap::IndexMap;
@@ -201,7 +201,8 @@ mod tests {
                 ("a".to_owned(), TypeRef::Named("A".into())),
                 ("b".to_owned(), nn("String")),
             ]
-            .into(),
+            .into_iter()
+            .collect(),
         );
         t.fields.insert(
             "A".into(),
@@ -209,7 +210,8 @@ mod tests {
                 ("x".to_owned(), nn("String")),
                 ("y".to_owned(), TypeRef::Named("String".into())),
             ]
-            .into(),
+            .into_iter()
+            .collect(),
         );
         t
     }

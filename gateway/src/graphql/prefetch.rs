@@ -8,7 +8,7 @@
 //! prepared from its arguments and parent and started at once in its own task; batched fields of
 //! the same batch become one call. The field's resolver later takes its call by response path.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use async_graphql::SelectionField;
@@ -43,7 +43,7 @@ pub fn start(
         engine,
         plans,
         request,
-        batches: HashMap::new(),
+        batches: HashMap::default(),
     };
     walk.value(value, type_name, selection, path);
     for (prepared, members) in walk.batches.into_values() {

@@ -10,7 +10,7 @@
 //! resolves the fields of nested objects one after another, so without it sibling calls below
 //! the root would wait for each other.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -159,7 +159,7 @@ impl RequestScope {
             identity_headers,
             batcher: Batcher::default(),
             degraded: Mutex::new(Vec::new()),
-            prefetched: Mutex::new(HashMap::new()),
+            prefetched: Mutex::new(HashMap::default()),
             tasks: Mutex::new(Vec::new()),
         }
     }
