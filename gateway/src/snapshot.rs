@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::auth::Authenticator;
 use crate::config::{self, Checked, Config, ConfigError, ConfigErrors, Env};
 use crate::graphql::GraphQL;
-use crate::ratelimit::{LimiterClock, RateLimiters};
+use crate::ratelimit::{self, LimiterClock, RateLimiters};
 use crate::routing::{Handler, Route, RouteTable};
 use crate::upstream::Upstream;
 
@@ -17,7 +17,7 @@ pub struct Snapshot {
     pub config: Config,
     pub routes: RouteTable,
     pub upstreams: Vec<Arc<Upstream>>,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub rate_limits: RateLimiters,
     /// The `[graphql]` endpoint, when configured.
     pub graphql: Option<GraphQL>,
@@ -34,8 +34,20 @@ impl Snapshot {
     /// Reads, validates and builds: the single path from a file to a servable snapshot. Every
     /// problem is reported at once, route conflicts among the routes that validated included.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Self, ConfigErrors> {
+        Self::reload(path, env, &Deps::default(), None)
+    }
+
+    /// [`Snapshot::load`] for a hot reload: what did not change in the file is taken over from
+    /// `previous` with its state (a service's connections, breaker and health; a rate-limit
+    /// policy's counters; the JWKS keys; the GraphQL response cache).
+    pub fn reload(
+        path: &Path,
+        env: Env<'_>,
+        deps: &Deps,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigErrors> {
         let checked = config::load(path, env)?;
-        Self::build_checked(checked, &Deps::default())
+        Self::build_checked(checked, deps, previous)
     }
 
     /// Builds the upstream clients and the route table of a validated config.
@@ -51,13 +63,32 @@ impl Snapshot {
                 errors: Vec::new(),
             },
             deps,
+            None,
         )
     }
 
-    fn build_checked(checked: Checked, deps: &Deps) -> Result<Self, ConfigErrors> {
+    fn build_checked(
+        checked: Checked,
+        deps: &Deps,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigErrors> {
         let Checked { config, mut errors } = checked;
+        // A section written the same way in both files keeps its state.
+        let unchanged = |section: &str| {
+            previous.is_some_and(|p| {
+                p.config.fingerprints.get(section).is_some()
+                    && p.config.fingerprints.same(&config.fingerprints, section)
+            })
+        };
         let mut upstreams = Vec::with_capacity(config.services.len());
         for service in &config.services {
+            let kept = previous
+                .filter(|_| unchanged(&format!("services.{}", service.name)))
+                .and_then(|p| p.upstreams.iter().find(|u| u.name() == service.name));
+            if let Some(kept) = kept {
+                upstreams.push(kept.clone());
+                continue;
+            }
             match Upstream::new(service) {
                 Ok(u) => upstreams.push(Arc::new(u)),
                 Err(e) => errors.push(ConfigError {
@@ -69,15 +100,28 @@ impl Snapshot {
                 }),
             }
         }
-        let auth = Authenticator::new(&config.auth).map_err(|e| ConfigError {
-            location: Default::default(),
-            message: format!("cannot create the HTTP client for `jwks_url`: {e}"),
+        let auth = match previous.filter(|_| unchanged("auth")) {
+            Some(p) => Ok(p.auth.clone()),
+            None => Authenticator::new(&config.auth)
+                .map(Arc::new)
+                .map_err(|e| ConfigError {
+                    location: Default::default(),
+                    message: format!("cannot create the HTTP client for `jwks_url`: {e}"),
+                }),
+        };
+        let same_policy = |name: &str| unchanged(&format!("rate_limits.{name}"));
+        let reuse = previous.map(|p| ratelimit::Reuse {
+            previous: &p.rate_limits,
+            store: unchanged("rate_limit_store"),
+            policy: &same_policy,
         });
-        let rate_limits = RateLimiters::new(&config.rate_limits, &config.rate_limit_store, &deps.clock)
-            .map_err(|e| ConfigError {
-                location: Default::default(),
-                message: format!("[rate_limit_store] `url` is not usable ({:?})", e.kind()),
-            });
+        let rate_limits =
+            RateLimiters::reusing(&config.rate_limits, &config.rate_limit_store, &deps.clock, reuse).map_err(
+                |e| ConfigError {
+                    location: Default::default(),
+                    message: format!("[rate_limit_store] `url` is not usable ({:?})", e.kind()),
+                },
+            );
         let policy_of = |name: &Option<String>| match (name, &rate_limits) {
             (Some(name), Ok(limiters)) => limiters.policy(name),
             _ => None,
@@ -85,7 +129,18 @@ impl Snapshot {
         let mut graphql_route = None;
         let graphql = config.graphql.as_ref().and_then(|g| {
             let identity_headers = config.auth.forward.iter().map(|(h, _)| h.clone()).collect();
-            match GraphQL::build(g, &upstreams, identity_headers) {
+            // Responses are keyed by call, so a changed field simply asks for other keys; only a
+            // change of the endpoint's settings or of a service starts from an empty cache.
+            let services_unchanged = config
+                .services
+                .iter()
+                .all(|s| unchanged(&format!("services.{}", s.name)))
+                && previous.is_some_and(|p| p.config.services.len() == config.services.len());
+            let cache = previous
+                .filter(|_| unchanged("graphql") && services_unchanged)
+                .and_then(|p| p.graphql.as_ref())
+                .map(GraphQL::cache);
+            match GraphQL::build(g, &upstreams, identity_headers, cache) {
                 Ok(built) => {
                     graphql_route = Some(Route {
                         config: g.route.clone(),
@@ -141,6 +196,18 @@ impl Snapshot {
         for upstream in &self.upstreams {
             upstream.start();
         }
+    }
+}
+
+/// Background work a component runs once however many snapshots share it (a reload keeps
+/// unchanged components, and starts the new snapshot).
+#[derive(Debug, Default)]
+pub(crate) struct StartOnce(std::sync::atomic::AtomicBool);
+
+impl StartOnce {
+    /// `true` the first time only.
+    pub(crate) fn first(&self) -> bool {
+        !self.0.swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::jwt::{Policy, VerifyKey};
 use crate::config::{JwksConfig, ServiceConfig};
-use crate::snapshot::spawn_background;
+use crate::snapshot::{StartOnce, spawn_background};
 use crate::upstream::{Upstream, UpstreamRequest};
 
 /// A JWKS larger than this is refused (real ones are a few KiB).
@@ -66,6 +66,7 @@ pub struct Jwks {
     last_on_demand: Mutex<Option<Instant>>,
     /// Held for the duration of a fetch: one at a time, and waiters see its result.
     fetching: tokio::sync::Mutex<()>,
+    started: StartOnce,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,7 @@ impl Jwks {
             keys: ArcSwapOption::empty(),
             last_on_demand: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            started: StartOnce::default(),
         })
     }
 
@@ -109,7 +111,9 @@ impl Jwks {
 
     /// Starts the background refresh, which lives as long as this `Jwks` does.
     pub fn start_refresh(self: &Arc<Self>) {
-        spawn_background(refresh_loop(Arc::downgrade(self)));
+        if self.started.first() {
+            spawn_background(refresh_loop(Arc::downgrade(self)));
+        }
     }
 
     /// Called for a `kid` the current set lacks: refetches unless one ran within the cooldown,

@@ -5,6 +5,7 @@
 //! Startup, `gateway check` and hot reload all call [`load`].
 
 mod diagnostics;
+mod fingerprint;
 mod interpolate;
 mod model;
 mod raw;
@@ -13,10 +14,11 @@ mod validate;
 use std::path::Path;
 
 pub use diagnostics::{ConfigError, ConfigErrors, Diagnostics, Location, Source};
+pub use fingerprint::Fingerprints;
 pub use interpolate::{Env, process_env};
 pub use model::{
-    ApiKeyConfig, AuthConfig, AuthMode, BreakerConfig, Config, GraphqlConfig, HealthCheckConfig, JwksConfig,
-    JwtConfig, LoadBalancing, PathMatch, RateLimitBackend, RateLimitKey, RateLimitPolicy,
+    AdminConfig, ApiKeyConfig, AuthConfig, AuthMode, BreakerConfig, Config, GraphqlConfig, HealthCheckConfig,
+    JwksConfig, JwtConfig, LoadBalancing, PathMatch, RateLimitBackend, RateLimitKey, RateLimitPolicy,
     RateLimitStoreConfig, RateLimitTiers, RateQuota, RedisFailure, RedisUrl, RetryConfig, RetryOn,
     RouteConfig, ServerConfig, ServiceConfig, StaticKey,
 };
@@ -63,7 +65,8 @@ pub fn parse(source: &Source, env: Env<'_>) -> Result<Checked, ConfigErrors> {
             return Err(ConfigErrors::sorted(diag.into_errors()));
         }
     };
-    let config = validate::validate(raw, env, &mut diag);
+    let mut config = validate::validate(raw, env, &mut diag);
+    config.fingerprints = Fingerprints::of(&source.text);
     Ok(Checked {
         config,
         errors: diag.into_errors(),

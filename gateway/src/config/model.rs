@@ -26,6 +26,18 @@ pub struct Config {
     pub rate_limit_store: RateLimitStoreConfig,
     /// `[graphql]`, when present.
     pub graphql: Option<GraphqlConfig>,
+    /// `[admin]`, when present.
+    pub admin: Option<AdminConfig>,
+    /// What each section was as written: a reload keeps the state of what did not change.
+    pub fingerprints: super::Fingerprints,
+}
+
+/// `[admin]`: the admin API's own listener, off the public port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// A bearer token every admin request must carry, when set.
+    pub token: Option<String>,
 }
 
 /// `[graphql]`: the endpoint, its schema directory and its limits.

@@ -48,6 +48,24 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Option<RawGraphql>")]
     pub graphql: Option<Spanned<RawGraphql>>,
+    /// The admin API (status, config, reload, check, health) on its own listener.
+    #[serde(default)]
+    #[schemars(with = "Option<RawAdmin>")]
+    pub admin: Option<Spanned<RawAdmin>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Admin")]
+pub struct RawAdmin {
+    /// The admin listener, off the public port. Default "127.0.0.1:9090".
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<Str>,
+    /// A bearer token every admin request must send (`Authorization: Bearer ...`); use
+    /// "${ADMIN_TOKEN}". Default: none (keep the listener on loopback then).
+    #[schemars(with = "Option<String>")]
+    pub token: Option<Str>,
 }
 
 /// `[graphql]`.

@@ -57,6 +57,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
     };
     let routes = raw.routes.into_iter().filter_map(|r| v.route(r, &ctx)).collect();
     let graphql = raw.graphql.and_then(|g| v.graphql(g, &ctx));
+    let admin = raw.admin.map(|a| v.admin(a.into_inner()));
     server.rate_limit = default_policy;
     Config {
         server,
@@ -66,6 +67,8 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         rate_limits,
         rate_limit_store,
         graphql,
+        admin,
+        fingerprints: Default::default(),
     }
 }
 
@@ -136,21 +139,43 @@ impl Validator<'_, '_, '_> {
         self.int_in(value, key, 0, max).map_or(default, |n| n as usize)
     }
 
+    fn admin(&mut self, raw: super::raw::RawAdmin) -> super::model::AdminConfig {
+        let listen = raw.listen.as_ref().and_then(|value| self.address(value));
+        let token = raw.token.as_ref().and_then(|value| {
+            let token = self.string(value)?;
+            if token.len() < 16 {
+                self.diag
+                    .error(&value.span(), "the admin `token` must be at least 16 characters");
+                return None;
+            }
+            Some(token)
+        });
+        super::model::AdminConfig {
+            listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            token,
+        }
+    }
+
+    /// An `IP:PORT` listen address.
+    fn address(&mut self, value: &Str) -> Option<SocketAddr> {
+        let text = self.string(value)?;
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.diag.error(
+                    &value.span(),
+                    format!(
+                        "`listen` = \"{text}\" is not an address: write IP:PORT, like \"127.0.0.1:8080\""
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn server(&mut self, raw: RawServer) -> ServerConfig {
         let d = ServerConfig::default();
-        let listen = match &raw.listen {
-            Some(value) => self.string(value).and_then(|text| match text.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    self.diag.error(
-                        &value.span(),
-                        format!("`listen` = \"{text}\" is not an address: write IP:PORT, like \"127.0.0.1:8080\""),
-                    );
-                    None
-                }
-            }),
-            None => None,
-        };
+        let listen = raw.listen.as_ref().and_then(|value| self.address(value));
         let max_body_size = match &raw.max_body_size {
             Some(value) => self.string(value).and_then(|text| match parse_size(&text) {
                 Some(n) => Some(n),

@@ -10,7 +10,7 @@
 //! - `playground`: GraphiQL for browsers.
 
 mod batch;
-mod cache;
+pub mod cache;
 pub mod directives;
 mod fetch;
 mod limits;
@@ -71,6 +71,9 @@ const DOCUMENT_CACHE_BYTES: u64 = 4 << 20;
 /// The endpoint: its settings and its executable schema.
 pub struct GraphQL {
     config: GraphqlConfig,
+    /// The backend response cache (a reload keeps it when neither the endpoint's settings nor
+    /// any service changed).
+    cache: Arc<CallCache>,
     schema: Schema,
     types: nulls::Types,
     /// Parsed documents that passed the limits, by query text (at most `DOCUMENT_CACHE_BYTES` of
@@ -94,6 +97,7 @@ impl GraphQL {
         config: &GraphqlConfig,
         upstreams: &[Arc<Upstream>],
         identity_headers: Vec<HeaderName>,
+        cache: Option<Arc<CallCache>>,
     ) -> Result<Self, Vec<ConfigError>> {
         let (files, mut errors) = sdl::read(&config.schema_dir, &config.schema_location)?;
         let engine = Arc::new(Engine {
@@ -101,7 +105,8 @@ impl GraphQL {
                 .iter()
                 .map(|u| (u.name().to_owned(), u.clone()))
                 .collect(),
-            cache: Arc::new(CallCache::new(config.cache_max_entries, config.stale_grace)),
+            cache: cache
+                .unwrap_or_else(|| Arc::new(CallCache::new(config.cache_max_entries, config.stale_grace))),
             plans: Default::default(),
         });
         let services: Vec<&str> = upstreams.iter().map(|u| u.name()).collect();
@@ -128,6 +133,7 @@ impl GraphQL {
             };
         Ok(Self {
             config: config.clone(),
+            cache: engine.cache.clone(),
             schema,
             types,
             documents: moka::sync::Cache::builder()
@@ -136,6 +142,11 @@ impl GraphQL {
                 .build(),
             identity_headers,
         })
+    }
+
+    /// The backend response cache.
+    pub fn cache(&self) -> Arc<CallCache> {
+        self.cache.clone()
     }
 
     /// The schema in SDL, as clients see it.

@@ -13,7 +13,7 @@ use nohash_hasher::BuildNoHashHasher;
 use super::Verdict;
 use super::clock::LimiterClock;
 use crate::config::RateQuota;
-use crate::snapshot::spawn_background;
+use crate::snapshot::{StartOnce, spawn_background};
 
 /// Keys are already uniformly distributed hashes (see `ClientKey::local`), so the map uses them
 /// as they are instead of hashing them a second time.
@@ -32,6 +32,7 @@ pub struct LocalLimiter {
     limiter: Arc<Keyed>,
     quota: RateQuota,
     clock: LimiterClock,
+    started: StartOnce,
 }
 
 impl LocalLimiter {
@@ -46,6 +47,7 @@ impl LocalLimiter {
             limiter: Arc::new(limiter),
             quota,
             clock,
+            started: StartOnce::default(),
         }
     }
 
@@ -85,7 +87,9 @@ impl LocalLimiter {
     /// new ones) every few seconds, for as long as this limiter lives: without it, every client
     /// ever seen would stay in memory.
     pub fn start(&self) {
-        spawn_background(retain_loop(Arc::downgrade(&self.limiter)));
+        if self.started.first() {
+            spawn_background(retain_loop(Arc::downgrade(&self.limiter)));
+        }
     }
 }
 

@@ -63,7 +63,16 @@ impl RateLimitHeaders {
 #[derive(Debug)]
 pub struct RateLimiters {
     policies: HashMap<String, Arc<Policy>>,
-    redis: Option<(RedisStore, RedisFailure)>,
+    redis: Option<(Arc<RedisStore>, RedisFailure)>,
+}
+
+/// What a reload may keep of the previous snapshot's limiters.
+pub struct Reuse<'a> {
+    pub previous: &'a RateLimiters,
+    /// `[rate_limit_store]` is unchanged: keep the Redis connection.
+    pub store: bool,
+    /// `[rate_limits.NAME]` is unchanged: keep its counters.
+    pub policy: &'a dyn Fn(&str) -> bool,
 }
 
 impl RateLimiters {
@@ -72,14 +81,42 @@ impl RateLimiters {
         store: &RateLimitStoreConfig,
         clock: &LimiterClock,
     ) -> redis::RedisResult<Self> {
+        Self::reusing(policies, store, clock, None)
+    }
+
+    /// [`RateLimiters::new`], keeping the counters of unchanged policies (and the Redis
+    /// connection, if the store is unchanged) from the previous snapshot.
+    pub fn reusing(
+        policies: &[RateLimitPolicy],
+        store: &RateLimitStoreConfig,
+        clock: &LimiterClock,
+        reuse: Option<Reuse<'_>>,
+    ) -> redis::RedisResult<Self> {
+        let kept_store = reuse
+            .as_ref()
+            .filter(|r| r.store)
+            .and_then(|r| r.previous.redis.as_ref().map(|(s, _)| s.clone()));
         let redis = match &store.backend {
             RateLimitBackend::Memory => None,
-            RateLimitBackend::Redis(url) => Some((RedisStore::new(url, store.timeout)?, store.on_error)),
+            RateLimitBackend::Redis(url) => Some((
+                match kept_store {
+                    Some(kept) => kept,
+                    None => Arc::new(RedisStore::new(url, store.timeout)?),
+                },
+                store.on_error,
+            )),
         };
         let hasher = RandomState::new();
         let policies = policies
             .iter()
-            .map(|p| (p.name.clone(), Arc::new(Policy::new(p, clock, &hasher))))
+            .map(|p| {
+                let kept = reuse
+                    .as_ref()
+                    .filter(|r| (r.policy)(&p.name))
+                    .and_then(|r| r.previous.policies.get(&p.name).cloned());
+                let policy = kept.unwrap_or_else(|| Arc::new(Policy::new(p, clock, &hasher)));
+                (p.name.clone(), policy)
+            })
             .collect();
         Ok(Self { policies, redis })
     }

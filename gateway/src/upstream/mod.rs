@@ -39,7 +39,7 @@ mod window;
 use crate::config::{HealthCheckConfig, ServiceConfig};
 use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
-use crate::snapshot::spawn_background;
+use crate::snapshot::{StartOnce, spawn_background};
 use balance::{Balancer, InFlight, Instance, InstanceStatus};
 use breaker::{Breaker, BreakerState};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
@@ -77,6 +77,7 @@ pub struct Upstream {
     breaker: Option<Arc<Breaker>>,
     retry: RetryPolicy,
     health_check: Option<HealthCheckConfig>,
+    started: StartOnce,
 }
 
 /// What to send: the path is already normalized; the query goes as it came.
@@ -191,6 +192,7 @@ impl Upstream {
                 .map(|b| Arc::new(Breaker::new(b, &config.name))),
             retry: RetryPolicy::new(config.retry.clone()),
             health_check: config.health_check.clone(),
+            started: StartOnce::default(),
         })
     }
 
@@ -200,7 +202,7 @@ impl Upstream {
 
     /// Starts the active health checks, if configured, for as long as this upstream lives.
     pub fn start(self: &Arc<Self>) {
-        if self.health_check.is_none() {
+        if self.health_check.is_none() || !self.started.first() {
             return;
         }
         spawn_background(health_loop(Arc::downgrade(self)));

@@ -1,0 +1,82 @@
+//! What each section of a config file was, as written: a hot reload compares them to keep the
+//! state of what did not change (a service's connection pool and breaker, a rate-limit policy's
+//! counters, the JWKS keys) and to say what did.
+//!
+//! A section is compared as TOML data, not text, so comments and formatting do not count as
+//! changes; `${VAR}` references are compared as written (a process's environment does not change).
+
+use std::collections::BTreeMap;
+
+/// Each section's TOML, by name: `server`, `auth`, `graphql`, `services.users`,
+/// `rate_limits.default`, `routes.3`...
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprints(BTreeMap<String, String>);
+
+impl Fingerprints {
+    /// The sections of a config file's text (empty when it is not TOML: such a file never
+    /// validates anyway).
+    pub fn of(text: &str) -> Self {
+        let Ok(table) = text.parse::<toml::Table>() else {
+            return Self::default();
+        };
+        let mut sections = BTreeMap::new();
+        for (key, value) in &table {
+            match (key.as_str(), value) {
+                ("services" | "rate_limits", toml::Value::Table(named)) => {
+                    for (name, section) in named {
+                        sections.insert(format!("{key}.{name}"), section.to_string());
+                    }
+                }
+                ("routes", toml::Value::Array(routes)) => {
+                    for (i, route) in routes.iter().enumerate() {
+                        sections.insert(format!("routes.{i}"), route.to_string());
+                    }
+                }
+                _ => {
+                    sections.insert(key.clone(), value.to_string());
+                }
+            }
+        }
+        Self(sections)
+    }
+
+    /// The section as written; `None` when the file does not have it.
+    pub fn get(&self, section: &str) -> Option<&str> {
+        self.0.get(section).map(String::as_str)
+    }
+
+    /// Whether `section` is the same (or absent) in both.
+    pub fn same(&self, other: &Self, section: &str) -> bool {
+        self.get(section) == other.get(section)
+    }
+
+    /// The sections whose names start with `prefix` (like "services."), by name.
+    pub fn named<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.0
+            .range(prefix.to_owned()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(move |(k, v)| (&k[prefix.len()..], v.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting_and_comments_are_not_changes() {
+        let a = Fingerprints::of(
+            "[services.users]\nurls = [\"http://a\"] # the users\n[services.orders]\nurls = [\"http://b\"]\n",
+        );
+        let b = Fingerprints::of(
+            "# edited\n[services.users]\nurls = [ \"http://a\" ]\n\n[services.orders]\nurls = [\"http://c\"]\n",
+        );
+        assert!(a.same(&b, "services.users"));
+        assert!(!a.same(&b, "services.orders"));
+        assert!(a.same(&b, "auth"), "absent in both");
+        assert_eq!(
+            a.named("services.").map(|(n, _)| n).collect::<Vec<_>>(),
+            ["orders", "users"]
+        );
+    }
+}
