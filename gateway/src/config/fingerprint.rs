@@ -9,8 +9,15 @@ use std::collections::BTreeMap;
 
 /// Each section's TOML, by name: `server`, `auth`, `graphql`, `services.users`,
 /// `rate_limits.default`, `routes.3`...
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Fingerprints(BTreeMap<String, String>);
+
+/// Section names only: the sections hold the file's secrets.
+impl std::fmt::Debug for Fingerprints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl Fingerprints {
     /// The sections of a config file's text (empty when it is not TOML: such a file never
