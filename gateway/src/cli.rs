@@ -8,10 +8,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
 use crate::config::{ConfigErrors, process_env};
 use crate::demo::backends;
 use crate::edge::Gateway;
+use crate::reload::{Reloader, SharedEnv};
 use crate::server::{serve, shutdown_signal};
+use crate::snapshot::Deps;
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Parser)]
@@ -68,8 +72,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run { config, listen } => match Snapshot::load(&config, &process_env) {
             Ok(snapshot) => {
                 let workers = snapshot.config.server.worker_threads;
+                let env: SharedEnv = Arc::new(process_env);
                 run_runtime(workers, |rt| {
-                    rt.block_on(run(snapshot_with_listen(snapshot, listen)))
+                    rt.block_on(run(config, env, listen, snapshot_with_listen(snapshot, listen)))
                 })
             }
             Err(errors) => report(&errors),
@@ -147,7 +152,7 @@ fn run_runtime(worker_threads: usize, f: impl FnOnce(tokio::runtime::Runtime) ->
     }
 }
 
-async fn run(snapshot: Snapshot) -> ExitCode {
+async fn run(path: PathBuf, env: SharedEnv, listen: Option<SocketAddr>, snapshot: Snapshot) -> ExitCode {
     let shutdown = shutdown_signal();
     let addr = snapshot.config.server.listen;
     let listener = match TcpListener::bind(addr).await {
@@ -155,11 +160,39 @@ async fn run(snapshot: Snapshot) -> ExitCode {
         Err(e) => return fail(&format!("cannot listen on {addr}: {e}")),
     };
     let addr = listener.local_addr().unwrap_or(addr);
+    let (gateway, _reloader) = match live(path, env, listen, snapshot).await {
+        Ok(live) => live,
+        Err(code) => return code,
+    };
     tracing::info!(%addr, "gateway listening on http://{addr}");
-    match serve(listener, Gateway::new(snapshot), shutdown).await {
+    match serve(listener, gateway, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("server failed: {e}")),
     }
+}
+
+/// The gateway for `snapshot`, reloaded when its files change (or on SIGHUP), with the admin API
+/// on its own listener when `[admin]` asks for it.
+async fn live(
+    path: PathBuf,
+    env: SharedEnv,
+    listen: Option<SocketAddr>,
+    snapshot: Snapshot,
+) -> Result<(Arc<Gateway>, Arc<Reloader>), ExitCode> {
+    let admin = snapshot.config.admin.clone();
+    let gateway = Gateway::new(snapshot);
+    let reloader = Reloader::new(path, env, Deps::default(), gateway.clone(), listen);
+    reloader.watch();
+    if let Some(admin) = admin {
+        let listener = TcpListener::bind(admin.listen)
+            .await
+            .map_err(|e| fail(&format!("cannot listen on {} (admin): {e}", admin.listen)))?;
+        let addr = listener.local_addr().unwrap_or(admin.listen);
+        tracing::info!(%addr, "admin API on http://{addr}");
+        crate::admin::spawn(listener, reloader.clone());
+    }
+    // The caller keeps the reloader while it serves: its watcher and SIGHUP handler hold it weakly.
+    Ok((gateway, reloader))
 }
 
 /// What `gateway demo` suggests trying, with a working token when the config can sign one.
@@ -209,8 +242,8 @@ async fn demo(config: &Path, listen: Option<SocketAddr>) -> ExitCode {
         .iter()
         .map(|b| (format!("{}_URL", b.service.name().to_uppercase()), b.url()))
         .collect();
-    let env = |name: &str| urls.get(name).cloned().or_else(|| process_env(name));
-    let snapshot = match Snapshot::load(config, &env) {
+    let env: SharedEnv = Arc::new(move |name: &str| urls.get(name).cloned().or_else(|| process_env(name)));
+    let snapshot = match Snapshot::load(config, &*env) {
         Ok(s) => snapshot_with_listen(s, listen),
         Err(errors) => return report(&errors),
     };
@@ -235,7 +268,11 @@ async fn demo(config: &Path, listen: Option<SocketAddr>) -> ExitCode {
         .as_ref()
         .and_then(|jwt| crate::demo::token::mint(jwt, std::time::Duration::from_secs(24 * 3600)));
     println!("{}", try_lines(&gw, token.as_deref()));
-    match serve(listener, Gateway::new(snapshot), shutdown).await {
+    let (gateway, _reloader) = match live(config.to_path_buf(), env, listen, snapshot).await {
+        Ok(live) => live,
+        Err(code) => return code,
+    };
+    match serve(listener, gateway, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("server failed: {e}")),
     }

@@ -4,6 +4,7 @@
 //! `config` reads `routes.toml`, `snapshot` turns a config into what requests run on, `error` is
 //! the one place errors become responses, `cli` is the `gateway` command and `demo` its demo.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod graphql;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

@@ -67,6 +67,7 @@ pub fn parse(source: &Source, env: Env<'_>) -> Result<Checked, ConfigErrors> {
     };
     let mut config = validate::validate(raw, env, &mut diag);
     config.fingerprints = Fingerprints::of(&source.text);
+    config.text = model::SourceText(source.text.clone());
     Ok(Checked {
         config,
         errors: diag.into_errors(),

@@ -30,6 +30,24 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// What each section was as written: a reload keeps the state of what did not change.
     pub fingerprints: super::Fingerprints,
+    /// The file as written (for `/admin/config`, which redacts it).
+    pub text: SourceText,
+}
+
+/// A config file's text; never printed by `Debug` (it holds secrets).
+#[derive(Clone, Default)]
+pub struct SourceText(pub std::sync::Arc<str>);
+
+impl SourceText {
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SourceText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
 }
 
 /// `[admin]`: the admin API's own listener, off the public port.

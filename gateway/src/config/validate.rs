@@ -69,6 +69,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         graphql,
         admin,
         fingerprints: Default::default(),
+        text: Default::default(),
     }
 }
 

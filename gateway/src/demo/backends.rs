@@ -491,7 +491,7 @@ async fn drain_body(body: Body, keep: usize) -> Result<(u64, Vec<u8>), ApiError>
 }
 
 /// Formats seconds since the Unix epoch as an RFC 3339 UTC timestamp.
-fn rfc3339_utc(secs: u64) -> String {
+pub fn rfc3339_utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (hour, minute, second) = (rem / 3_600, rem % 3_600 / 60, rem % 60);

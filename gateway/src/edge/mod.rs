@@ -42,6 +42,8 @@ pub struct RequestContext {
 #[derive(Debug)]
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
+    /// Set when shutdown begins: `/readyz` fails so load balancers stop sending.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -49,12 +51,22 @@ impl Gateway {
         snapshot.start();
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            draining: Default::default(),
         })
     }
 
     /// The active snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Marks the gateway as shutting down.
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Makes `snapshot` active for requests that arrive from now on.

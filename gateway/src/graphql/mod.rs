@@ -71,6 +71,8 @@ const DOCUMENT_CACHE_BYTES: u64 = 4 << 20;
 /// The endpoint: its settings and its executable schema.
 pub struct GraphQL {
     config: GraphqlConfig,
+    /// A digest of the schema files this was built from.
+    source_digest: String,
     /// The backend response cache (a reload keeps it when neither the endpoint's settings nor
     /// any service changed).
     cache: Arc<CallCache>,
@@ -133,6 +135,7 @@ impl GraphQL {
             };
         Ok(Self {
             config: config.clone(),
+            source_digest: files.digest.clone(),
             cache: engine.cache.clone(),
             schema,
             types,
@@ -142,6 +145,11 @@ impl GraphQL {
                 .build(),
             identity_headers,
         })
+    }
+
+    /// A digest of the schema files: whether a reload changed them.
+    pub fn source_digest(&self) -> &str {
+        &self.source_digest
     }
 
     /// The backend response cache.

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::Digest as _;
+
 use async_graphql::dynamic::{
     Enum, Field, InputObject, InputValue, Object, Scalar, Schema, SchemaBuilder, TypeRef,
 };
@@ -28,6 +30,8 @@ const BUILT_IN_SCALARS: [&str; 5] = ["String", "Int", "Float", "Boolean", "ID"];
 pub struct Files {
     /// (file name, definitions) in file-name order.
     docs: Vec<(String, Vec<TypeSystemDefinition>)>,
+    /// A digest of every file's name and text: whether the schema changed.
+    pub digest: String,
 }
 
 /// Reads every `*.graphql` file of `dir`. `at` is where the config names the directory.
@@ -54,6 +58,7 @@ pub fn read(dir: &Path, at: &Location) -> Result<(Files, Vec<ConfigError>), Vec<
     }
     let mut docs = Vec::new();
     let mut errors = Vec::new();
+    let mut digest = sha2::Sha256::new();
     for path in paths {
         let name = path.display().to_string();
         let text = match std::fs::read_to_string(&path) {
@@ -70,6 +75,10 @@ pub fn read(dir: &Path, at: &Location) -> Result<(Files, Vec<ConfigError>), Vec<
                 continue;
             }
         };
+        digest.update(name.as_bytes());
+        digest.update([0]);
+        digest.update(text.as_bytes());
+        digest.update([0]);
         match parse_schema(&text) {
             Ok(doc) => docs.push((name, doc.definitions)),
             Err(e) => {
@@ -82,7 +91,8 @@ pub fn read(dir: &Path, at: &Location) -> Result<(Files, Vec<ConfigError>), Vec<
             }
         }
     }
-    Ok((Files { docs }, errors))
+    let digest = hex::encode(&sha2::Digest::finalize(digest)[..8]);
+    Ok((Files { docs, digest }, errors))
 }
 
 /// A parser error in one line: pest's message ends with "= expected ..." under a drawing of the

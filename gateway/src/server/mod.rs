@@ -88,6 +88,7 @@ pub async fn serve(
 
     // Stop accepting now: new clients are refused instead of queueing behind the drain.
     drop(listener);
+    gateway.start_draining();
     tracing::info!(grace = ?server.shutdown_timeout, "shutting down: finishing in-flight requests");
     match tokio::time::timeout(server.shutdown_timeout, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections closed"),
