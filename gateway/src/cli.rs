@@ -40,6 +40,13 @@ pub enum Command {
     Check {
         #[arg(long, default_value = "routes.toml")]
         config: PathBuf,
+        /// Also show what the file would change on a running gateway: its admin API's URL,
+        /// like http://127.0.0.1:9090.
+        #[arg(long)]
+        against: Option<String>,
+        /// The admin API's bearer token, if it has one.
+        #[arg(long, env = "ADMIN_TOKEN")]
+        admin_token: Option<String>,
     },
     /// Print the JSON Schema of routes.toml (for editors; the repo keeps it as routes.schema.json).
     ConfigSchema,
@@ -60,7 +67,17 @@ pub enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     init_tracing();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            against,
+            admin_token,
+        } => match check(&config) {
+            code if code != ExitCode::SUCCESS => code,
+            code => match against {
+                Some(url) => check_against(&config, &url, admin_token.as_deref()),
+                None => code,
+            },
+        },
         Command::ConfigSchema => {
             print!("{}", crate::config::json_schema());
             ExitCode::SUCCESS
@@ -115,6 +132,92 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(errors) => report(&errors),
     }
+}
+
+/// Posts the file to a running gateway's `/admin/check` and prints what it would change.
+fn check_against(path: &Path, admin: &str, token: Option<&str>) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("cannot read {}: {e}", path.display())),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let url = format!("{}/admin/check", admin.trim_end_matches('/'));
+    let answer = runtime.block_on(async {
+        use http_body_util::BodyExt;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let mut request = http::Request::post(&url).header("content-type", "application/toml");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+            .await
+            .map_err(|_| "no answer within 10 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| format!("HTTP {status}: not the admin API"))?;
+        Ok::<_, String>((status, json))
+    });
+    let (status, json) = match answer {
+        Ok(a) => a,
+        Err(e) => return fail(&format!("cannot ask {url}: {e}")),
+    };
+    if let Some(errors) = json["errors"].as_array() {
+        for e in errors {
+            eprintln!("{}", e.as_str().unwrap_or_default());
+        }
+        return fail(&format!(
+            "the running gateway would refuse this file ({} errors)",
+            errors.len()
+        ));
+    }
+    if !status.is_success() {
+        return fail(&format!("{url} answered {status}: {json}"));
+    }
+    println!("against {admin}:");
+    let changes = &json["changes"];
+    let mut any = false;
+    for (key, label) in [
+        ("routes_added", "routes added"),
+        ("routes_removed", "routes removed"),
+        ("routes_changed", "routes changed"),
+        ("services_added", "services added"),
+        ("services_removed", "services removed"),
+        ("services_changed", "services changed"),
+        ("sections_changed", "sections changed"),
+    ] {
+        let items: Vec<&str> = changes[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
+        if !items.is_empty() {
+            any = true;
+            println!("  {label}: {}", items.join(", "));
+        }
+    }
+    if changes["schema_changed"].as_bool() == Some(true) {
+        any = true;
+        println!("  the GraphQL schema changed");
+    }
+    if !any {
+        println!("  no changes");
+    }
+    ExitCode::SUCCESS
 }
 
 fn report(errors: &ConfigErrors) -> ExitCode {
