@@ -34,6 +34,16 @@ pub struct Reloader {
     running: Mutex<()>,
     /// `--listen` given on the command line: it wins over the file's on every reload too.
     listen: Option<std::net::SocketAddr>,
+    /// Tells the watcher to follow the config to its new schema directory after a reload.
+    resync: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Watch>>>,
+}
+
+/// What the watcher task is told.
+enum Watch {
+    /// A watched file changed.
+    Changed,
+    /// A reload applied a new config: watch what it names.
+    Resync,
 }
 
 /// What `/admin/status` reports about the active config.
@@ -231,6 +241,7 @@ impl Reloader {
             status: Mutex::new(status),
             running: Mutex::new(()),
             listen,
+            resync: Mutex::new(None),
         })
     }
 
@@ -282,6 +293,10 @@ impl Reloader {
                     let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
                     status.version = new_version;
                     status.loaded_at = attempt.at.clone();
+                    drop(status);
+                    if let Some(resync) = &*self.resync.lock().unwrap_or_else(|e| e.into_inner()) {
+                        let _ = resync.send(Watch::Resync);
+                    }
                 }
             }
             Err(errors) => {
@@ -299,12 +314,31 @@ impl Reloader {
     }
 
     /// Reloads on SIGHUP and whenever the config file or a schema file changes, until the
-    /// reloader is dropped.
+    /// reloader is dropped. A reload that points the schema elsewhere moves the watch with it.
     pub fn watch(self: &Arc<Self>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watched = self.watched_paths();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            // Installed before this returns: a SIGHUP right after startup reloads rather than
+            // ending the process (the default action).
+            match signal(SignalKind::hangup()) {
+                Err(e) => tracing::warn!(error = %e, "cannot install the SIGHUP handler"),
+                Ok(mut hangups) => {
+                    let weak = Arc::downgrade(self);
+                    tokio::spawn(async move {
+                        while hangups.recv().await.is_some() {
+                            let Some(reloader) = weak.upgrade() else { return };
+                            let _ = tokio::task::spawn_blocking(move || reloader.reload("sighup")).await;
+                        }
+                    });
+                }
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Watch>();
         let config_name = self.path.file_name().map(|n| n.to_owned());
-        let schema_dirs: Vec<PathBuf> = watched.iter().skip(1).map(|(p, _)| p.clone()).collect();
+        let schema_dirs: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+        let dirs = schema_dirs.clone();
+        let events = tx.clone();
         let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if event.kind.is_access() {
@@ -312,13 +346,14 @@ impl Reloader {
             }
             // The config file itself (editors save by rename), a Kubernetes ConfigMap's `..data`
             // swap, or anything in a schema directory.
+            let dirs = dirs.lock().unwrap_or_else(|e| e.into_inner());
             let relevant = event.paths.iter().any(|p| {
                 p.file_name().is_some_and(|n| {
                     Some(n) == config_name.as_deref() || n.to_string_lossy().starts_with("..")
-                }) || schema_dirs.iter().any(|d| p.starts_with(d))
+                }) || dirs.iter().any(|d| p.starts_with(d))
             });
             if relevant {
-                let _ = tx.send(());
+                let _ = events.send(Watch::Changed);
             }
         }) {
             Ok(w) => w,
@@ -327,36 +362,43 @@ impl Reloader {
                 return;
             }
         };
-        for (path, mode) in &watched {
+        let mut watched = Vec::new();
+        self.sync_watches(&mut watcher, &mut watched, &schema_dirs);
+        *self.resync.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                let Some(reloader) = weak.upgrade() else { return };
+                if matches!(message, Watch::Changed) {
+                    // Wait until the files are quiet, then reload once.
+                    while let Ok(Some(Watch::Changed)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                    let r = reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.reload("file")).await;
+                }
+                reloader.sync_watches(&mut watcher, &mut watched, &schema_dirs);
+            }
+        });
+    }
+
+    /// Watches what the active config names, and stops watching what it no longer does.
+    fn sync_watches(
+        &self,
+        watcher: &mut notify::RecommendedWatcher,
+        watched: &mut Vec<(PathBuf, RecursiveMode)>,
+        schema_dirs: &Mutex<Vec<PathBuf>>,
+    ) {
+        let wanted = self.watched_paths();
+        for (path, _) in watched.iter().filter(|w| !wanted.contains(w)) {
+            let _ = watcher.unwatch(path);
+        }
+        for (path, mode) in wanted.iter().filter(|w| !watched.contains(w)) {
             if let Err(e) = watcher.watch(path, *mode) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot watch this path for changes");
             }
         }
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let _watcher = watcher;
-            while rx.recv().await.is_some() {
-                // Wait until the files are quiet, then reload once.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                let Some(reloader) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || reloader.reload("file")).await;
-            }
-        });
-        #[cfg(unix)]
-        {
-            let weak = Arc::downgrade(self);
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                    tracing::warn!("cannot install the SIGHUP handler");
-                    return;
-                };
-                while hangups.recv().await.is_some() {
-                    let Some(reloader) = weak.upgrade() else { return };
-                    let _ = tokio::task::spawn_blocking(move || reloader.reload("sighup")).await;
-                }
-            });
-        }
+        *schema_dirs.lock().unwrap_or_else(|e| e.into_inner()) =
+            wanted.iter().skip(1).map(|(p, _)| p.clone()).collect();
+        *watched = wanted;
     }
 
     /// The config file's directory (not recursive: its siblings are not ours) and the schema

@@ -47,6 +47,21 @@ impl Fingerprints {
         Self(sections)
     }
 
+    /// Adds a file that `section` points to (a key file): its digest becomes part of the section.
+    pub fn add_file(&mut self, section: &str, path: &str, content: &[u8]) {
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(content));
+        let entry = self.0.entry(section.to_owned()).or_default();
+        entry.push_str(&format!("\nfile {path} {digest}"));
+    }
+
+    /// Adds `other`'s entries to this one's sections.
+    pub fn merge(&mut self, other: Fingerprints) {
+        for (section, extra) in other.0 {
+            self.0.entry(section).or_default().push_str(&extra);
+        }
+    }
+
     /// The section as written; `None` when the file does not have it.
     pub fn get(&self, section: &str) -> Option<&str> {
         self.0.get(section).map(String::as_str)

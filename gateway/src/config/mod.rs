@@ -66,7 +66,9 @@ pub fn parse(source: &Source, env: Env<'_>) -> Result<Checked, ConfigErrors> {
         }
     };
     let mut config = validate::validate(raw, env, &mut diag);
+    let files = std::mem::take(&mut config.fingerprints);
     config.fingerprints = Fingerprints::of(&source.text);
+    config.fingerprints.merge(files);
     config.text = model::SourceText(source.text.clone());
     Ok(Checked {
         config,

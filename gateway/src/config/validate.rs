@@ -24,7 +24,11 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Checks a parsed file and builds the domain config. Errors are left in `diag`.
 pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Config {
-    let mut v = Validator { env, diag };
+    let mut v = Validator {
+        env,
+        diag,
+        fingerprints: super::Fingerprints::default(),
+    };
     let (mut server, server_rate_limit) = match raw.server {
         Some(server) => {
             let mut server = server.into_inner();
@@ -68,7 +72,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         rate_limit_store,
         graphql,
         admin,
-        fingerprints: Default::default(),
+        fingerprints: v.fingerprints,
         text: Default::default(),
     }
 }
@@ -84,6 +88,9 @@ struct RouteContext<'a> {
 struct Validator<'a, 'd, 's> {
     env: Env<'a>,
     diag: &'d mut Diagnostics<'s>,
+    /// Files the config points to (key files), read while validating: a reload must notice
+    /// when they change even if the config does not.
+    fingerprints: super::Fingerprints,
 }
 
 impl Validator<'_, '_, '_> {

@@ -228,7 +228,10 @@ impl Validator<'_, '_, '_> {
                         .parent()
                         .unwrap_or(Path::new(""));
                     match std::fs::read(dir.join(&text)) {
-                        Ok(bytes) => bytes,
+                        Ok(bytes) => {
+                            self.fingerprints.add_file("auth", &text, &bytes);
+                            bytes
+                        }
                         Err(e) => {
                             self.diag
                                 .error(&pem.span(), format!("cannot read the PEM file \"{text}\": {e}"));
