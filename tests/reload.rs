@@ -1189,3 +1189,75 @@ public_key_pem = "keys/idp.pem"
     assert_eq!(call("rsa2").await, 200, "a token of the new key");
     assert_eq!(call("rsa").await, 401, "a token of the retired key");
 }
+
+/// `/readyz` fails as soon as shutdown begins (while in-flight requests drain), so a load
+/// balancer stops sending; `/healthz` still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_draining() {
+    let (release, released) = tokio::sync::watch::channel(false);
+    let app = Router::new().fallback(move || {
+        let mut released = released.clone();
+        async move {
+            let _ = released.wait_for(|r| *r).await;
+            "done"
+        }
+    });
+    let backend = common::serve(app).await;
+    let mut live = Live::start(&config(&backend, ""), false).await;
+    assert_eq!(live.admin_get("/readyz").await.0, 200);
+    // A request in flight keeps the gateway draining once shutdown begins.
+    let url = format!("{}/stable", live.public.url());
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) });
+    eventually("the slow request to reach the backend", async || {
+        live_in_flight(&live).await
+    })
+    .await;
+    live.public.begin_shutdown();
+    eventually("/readyz to fail while draining", async || {
+        live.admin_get("/readyz").await.0 == 503
+    })
+    .await;
+    assert_eq!(live.admin_get("/healthz").await.0, 200);
+    release.send(true).unwrap();
+    let status = tokio::time::timeout(TIMEOUT, in_flight)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "the in-flight request finished during the drain");
+}
+
+/// Whether the gateway's service has a request in flight (from `/admin/status`).
+async fn live_in_flight(live: &Live) -> bool {
+    let (_, body) = live.admin_get("/admin/status").await;
+    body["services"][0]["in_flight"].as_u64() == Some(1)
+}
+
+/// `gateway check --against` prints what a file would change on a running gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_against_prints_what_would_change() {
+    let backend = Backend::start(200).await;
+    let live = Live::start(&config(&backend.url, ""), false).await;
+    let candidate = live.dir.join("candidate.toml");
+    std::fs::write(&candidate, config(&backend.url, &route("/new"))).unwrap();
+    let admin = live.admin.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&candidate)
+            .args(["--against", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("routes added: * /new"), "{stdout}");
+    // Nothing was applied.
+    assert_eq!(live.get("/new").await.0, 404);
+}
