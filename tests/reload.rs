@@ -1261,3 +1261,68 @@ async fn check_against_prints_what_would_change() {
     // Nothing was applied.
     assert_eq!(live.get("/new").await.0, 404);
 }
+
+/// Cached GraphQL answers survive a reload that changes neither `[graphql]` nor a service (here:
+/// a route and the schema's other field), and are dropped when the service changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_cache_entries_survive_an_unrelated_reload() {
+    // A JSON backend that counts its calls.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = Router::new().fallback(move |request: Request| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!(format!("backend saw {}", request.uri().path())))
+        }
+    });
+    let url = common::serve(app).await;
+    let dir = fresh_dir();
+    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    let schema = |other: &str| {
+        format!(
+            "type Query {{\n  seen: String @http(service: \"svc\", path: \"/cached\", cache: \"10m\")\n  {other}: String @http(service: \"svc\", path: \"/other\")\n}}\n"
+        )
+    };
+    std::fs::write(dir.join("schema").join("schema.graphql"), schema("a")).unwrap();
+    let text = |rest: &str, timeout: &str| {
+        config(&url, rest).replace("timeout = \"5s\"", &format!("timeout = \"{timeout}\""))
+            + "\n[graphql]\nschema = \"schema\"\n"
+    };
+    let live = Live::start_in(dir, &text("", "5s"), false, Deps::default()).await;
+    let query = async |live: &Live| {
+        let response = send_in_time(
+            live.client
+                .post(format!("{}/graphql", live.public.url()))
+                .header("content-type", "application/json")
+                .body(json!({"query": "{ seen }"}).to_string()),
+        )
+        .await;
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["data"]["seen"], "backend saw /cached", "{body}");
+    };
+    query(&live).await;
+    query(&live).await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the second query is answered from the cache"
+    );
+
+    // A new route and a changed schema field: the cached call is the same call.
+    std::fs::write(live.dir.join("schema").join("schema.graphql"), schema("b")).unwrap();
+    live.write(&text(&route("/new"), "5s"));
+    assert_eq!(live.reload().await.result, "applied");
+    query(&live).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the cache survived the reload");
+
+    // The service changed: its answers may differ, so the cache starts empty.
+    live.write(&text(&route("/new"), "6s"));
+    assert_eq!(live.reload().await.result, "applied");
+    query(&live).await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "a changed service starts from an empty cache"
+    );
+}
