@@ -1326,3 +1326,75 @@ async fn graphql_cache_entries_survive_an_unrelated_reload() {
         "a changed service starts from an empty cache"
     );
 }
+
+/// The JWKS keys survive a reload that leaves `[auth]` alone: with the identity provider down
+/// since the reload, tokens still verify (a rebuilt authenticator would have no keys and answer
+/// 503 AUTH_UNAVAILABLE), and no refetch is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_keys_survive_a_reload_while_the_identity_provider_is_down() {
+    use axum::response::IntoResponse;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let key = EncodingKey::from_rsa_pem(&std::fs::read("tests/fixtures/keys/rsa.pem").unwrap()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = json!({ "keys": [jwk] });
+    let (fetches, down) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let (counter, failing) = (fetches.clone(), down.clone());
+    let idp = common::serve(Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let (counter, failing, jwks) = (counter.clone(), failing.clone(), jwks.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if failing.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                axum::Json(jwks).into_response()
+            }
+        }),
+    ))
+    .await;
+    let backend = Backend::start(200).await;
+    let text = |rest: &str| {
+        format!(
+            "{}\n[auth.jwt]\nissuers = [\"https://id.test\"]\njwks_url = \"{idp}/jwks.json\"\n\n[[routes]]\npath = \"/private\"\nservice = \"svc\"\n",
+            config(&backend.url, rest)
+        )
+    };
+    let live = Live::start(&text(""), false).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"iss": "https://id.test", "sub": "alice", "iat": now, "exp": now + 3600}),
+        &key,
+    )
+    .unwrap();
+    let call = async || {
+        send_in_time(
+            live.client
+                .get(format!("{}/private", live.public.url()))
+                .bearer_auth(&token),
+        )
+        .await
+        .status()
+        .as_u16()
+    };
+    eventually("the startup JWKS fetch", async || call().await == 200).await;
+    down.store(true, Ordering::SeqCst);
+    let before = fetches.load(Ordering::SeqCst);
+    live.write(&text(&route("/new")));
+    assert_eq!(live.reload().await.result, "applied");
+    assert_eq!(live.get("/new").await.0, 200, "the reload applied");
+    assert_eq!(call().await, 200, "the kept keys verify the token");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        before,
+        "no refetch after the reload"
+    );
+}
