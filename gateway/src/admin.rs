@@ -31,8 +31,11 @@ pub fn router(reloader: Arc<Reloader>) -> Router {
         .route("/admin/reload", post(reload))
         .route("/admin/check", post(check))
         .route_layer(middleware::from_fn_with_state(reloader.clone(), require_token));
+    // Metrics are recorded from here on (the recorder is process-wide).
+    crate::telemetry::metrics::handle();
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(prometheus))
         .route("/readyz", get(ready))
         .merge(admin)
         .with_state(reloader)
@@ -70,6 +73,21 @@ async fn require_token(State(reloader): State<Arc<Reloader>>, request: Request, 
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+/// Prometheus text format.
+async fn prometheus(State(reloader): State<Arc<Reloader>>) -> Response {
+    let snapshot = reloader.gateway().snapshot();
+    let services: Vec<ServiceStatus> = snapshot.upstreams.iter().map(|u| u.status()).collect();
+    let text = crate::telemetry::metrics::render(&services);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn ready(State(reloader): State<Arc<Reloader>>) -> Response {

@@ -18,6 +18,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod telemetry;
 pub mod upstream;
 
 pub use edge::Gateway;

@@ -309,6 +309,7 @@ impl Reloader {
                 }
             }
         }
+        crate::telemetry::metrics::reload(attempt.result);
         self.status.lock().unwrap_or_else(|e| e.into_inner()).last_reload = Some(attempt.clone());
         attempt
     }

@@ -24,6 +24,7 @@ use crate::proxy;
 use crate::ratelimit::RateLimitHeaders;
 use crate::routing::Handler;
 use crate::snapshot::Snapshot;
+use crate::telemetry::metrics;
 use forwarded::ClientAddr;
 use headers::{declared_length, strip_hop_by_hop};
 use request_id::X_REQUEST_ID;
@@ -78,11 +79,13 @@ impl Gateway {
     /// Serves one request: the pipeline's answer, or its error in the SPEC.md format, always
     /// carrying the request id.
     pub async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        metrics::active_requests(1.0);
         let request_id = request_id::from_request(request.headers());
         let method = request.method().clone();
         let may_leave_body_unread = is_http1_with_body(&request);
-        let mut rate_limit = None;
-        let mut response = match self.pipeline(peer, &request_id, request, &mut rate_limit).await {
+        let mut seen = Seen::default();
+        let mut response = match self.pipeline(peer, &request_id, request, &mut seen).await {
             Ok(response) => response,
             Err(e) => {
                 tracing::debug!(%method, status = e.status().as_u16(), code = e.code(), request_id = ?request_id, "gateway error");
@@ -100,9 +103,24 @@ impl Gateway {
             }
         };
         // A counted request reports its quota whatever the answer (a 429, or a 502 from upstream).
-        if let Some(headers) = rate_limit {
+        if let Some(headers) = seen.rate_limit {
             headers.apply(response.headers_mut());
         }
+        // Metrics and the access log name the route by its pattern (never the raw path).
+        let route = seen.route.as_ref().map_or("unmatched", |r| r.pattern());
+        let status = response.status().as_u16();
+        let took = started.elapsed();
+        metrics::server_request(method.as_str(), route, status, took);
+        metrics::active_requests(-1.0);
+        tracing::info!(
+            target: "access",
+            method = %method,
+            route,
+            status,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            request_id = request_id.to_str().unwrap_or_default(),
+            client = seen.client.as_deref().unwrap_or("-"),
+        );
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         response
     }
@@ -112,7 +130,7 @@ impl Gateway {
         peer: SocketAddr,
         request_id: &HeaderValue,
         request: Request<Incoming>,
-        rate_limit_headers: &mut Option<RateLimitHeaders>,
+        seen: &mut Seen,
     ) -> Result<Response<Body>, GatewayError> {
         // One snapshot for the whole request: a reload mid-request never mixes two configs.
         let snapshot = self.snapshot.load_full();
@@ -145,6 +163,7 @@ impl Gateway {
 
         // Route match against this snapshot's table: 404 / 405 come from here.
         let route = snapshot.routes.lookup(request.method(), &path)?;
+        seen.route = Some(route.clone());
         let deadline = start + route.config.timeout.unwrap_or(server.request_timeout);
 
         // Authentication per the route's `auth` and `scopes`, before anything reaches a backend.
@@ -153,14 +172,22 @@ impl Gateway {
         let identity = snapshot
             .auth
             .authenticate(&route.config, request.headers(), deadline)
-            .await?;
+            .await
+            .inspect_err(|e| metrics::auth_failure(e.code()))?;
+        // Who, for the access log: a token's subject or an API key's id; never the credential.
+        seen.client = identity.as_ref().map(|i| i.subject.clone());
         // Rate limiting, per the route's policy and keyed on the identity (or the client address
         // established above): a 429 here never reaches a backend or costs it anything.
         if let Some(policy) = &route.rate_limit {
-            *rate_limit_headers = snapshot
+            let decision = snapshot
                 .rate_limits
                 .check(policy, identity.as_deref(), &client)
-                .await?;
+                .await;
+            metrics::rate_limit(
+                policy.name(),
+                if decision.is_ok() { "allowed" } else { "limited" },
+            );
+            seen.rate_limit = decision?;
         }
 
         let mut request = request;
@@ -201,6 +228,16 @@ impl Gateway {
             }),
         }
     }
+}
+
+/// What the pipeline learned that `handle` reports after the answer.
+#[derive(Default)]
+struct Seen {
+    /// The `RateLimit` headers of a counted request.
+    rate_limit: Option<RateLimitHeaders>,
+    route: Option<Arc<crate::routing::Route>>,
+    /// The authenticated caller's subject.
+    client: Option<String>,
 }
 
 /// An HTTP/1 request that announces a body (HTTP/2 streams need no connection-level cleanup).

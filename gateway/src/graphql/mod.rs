@@ -383,6 +383,12 @@ impl GraphQL {
                 .map(|degraded| json!({ "degraded": degraded })),
         };
         let json = serde_json::to_string(&body).unwrap_or_default();
+        let outcome = match (request_failed, response.errors.is_empty()) {
+            (true, _) => "failed",
+            (false, true) => "ok",
+            (false, false) => "partial",
+        };
+        crate::telemetry::metrics::graphql_operation(params.operation_name.as_deref(), outcome);
         if request_failed {
             Executed::RequestError(json)
         } else {

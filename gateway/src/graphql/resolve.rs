@@ -28,6 +28,7 @@ use super::fetch::{CallError, Rendered};
 use super::prefetch::{self, Pending};
 use super::template::{Scope, select, text_of};
 use crate::auth::Identity;
+use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
 /// What every resolver of a schema shares: the services, the response cache, and every field's
@@ -170,7 +171,11 @@ impl RequestScope {
         (!list.is_empty()).then_some(Value::Array(list))
     }
 
-    fn degrade(&self, ctx: &ResolverContext<'_>, reason: &str, fallback: &str) {
+    fn degrade(&self, ctx: &ResolverContext<'_>, reason: &str, fallback: &'static str) {
+        metrics::degraded_field(reason, fallback);
+        if fallback == "stale" {
+            metrics::cache("stale");
+        }
         let path = ctx
             .path_node
             .as_ref()
@@ -433,7 +438,11 @@ pub async fn cached_call(
     if ttl.is_some()
         && let Some(value) = cache.fresh(&key)
     {
+        metrics::cache("hit");
         return Ok(Got::fresh(value));
+    }
+    if ttl.is_some() {
+        metrics::cache("miss");
     }
     // Without `cache`, a response is still kept (never fresh) for the stale fallback.
     let store_for = Some(ttl.unwrap_or(Duration::ZERO));

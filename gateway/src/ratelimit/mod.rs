@@ -176,6 +176,7 @@ impl RateLimiters {
 /// A `[rate_limits.NAME]` policy, ready to count.
 #[derive(Debug)]
 pub struct Policy {
+    name: String,
     key: RateLimitKey,
     base: Limit,
     /// The claim that picks a tier, and the tiers by its value.
@@ -185,8 +186,14 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The `[rate_limits.NAME]` it was built from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn new(config: &RateLimitPolicy, clock: &LimiterClock, hasher: &RandomState) -> Self {
         Self {
+            name: config.name.clone(),
             key: config.key,
             base: Limit::new(config.name.clone(), config.quota, clock),
             tiers: config.tiers.as_ref().map(|t| {

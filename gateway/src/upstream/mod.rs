@@ -40,6 +40,7 @@ use crate::config::{HealthCheckConfig, ServiceConfig};
 use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
 use crate::snapshot::{StartOnce, spawn_background};
+use crate::telemetry::metrics;
 use balance::{Balancer, InFlight, Instance, InstanceStatus};
 use breaker::{Breaker, BreakerState};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
@@ -234,11 +235,10 @@ impl Upstream {
         request: UpstreamRequest<'_>,
         deadline: Instant,
     ) -> Result<Response<UpstreamResponseBody>, GatewayError> {
-        let permit = self
-            .bulkhead
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::UpstreamOverloaded)?;
+        let permit = self.bulkhead.clone().try_acquire_owned().map_err(|_| {
+            metrics::client_rejected(&self.name, "overloaded");
+            GatewayError::UpstreamOverloaded
+        })?;
         let UpstreamRequest {
             method,
             path,
@@ -275,6 +275,7 @@ impl Upstream {
                 Some(breaker) => match breaker.admit(started) {
                     Ok(ticket) => Some(ticket),
                     Err(wait) if previous.is_none() => {
+                        metrics::client_rejected(&self.name, "circuit_open");
                         return Err(GatewayError::CircuitOpen {
                             retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
                         });
@@ -287,6 +288,7 @@ impl Upstream {
                 if previous.is_some() {
                     return self.finish(previous, permit, Attempted::Err(Outcome::Connect));
                 }
+                metrics::client_rejected(&self.name, "no_healthy_upstream");
                 return Err(GatewayError::NoHealthyUpstream);
             };
             // The retry is under way: the failed attempt's answer is no longer needed.
@@ -329,6 +331,7 @@ impl Upstream {
                 }
             };
             let failed = outcome.is_failure();
+            metrics::client_request(&self.name, outcome.label(), started.elapsed());
             if let Some(ticket) = ticket {
                 ticket.record(
                     failed || self.breaker.as_ref().is_some_and(|b| b.is_slow(started)),
@@ -348,6 +351,7 @@ impl Upstream {
                 // Compared as durations: a huge upstream Retry-After must not overflow an Instant.
                 if wait < deadline.saturating_duration_since(Instant::now()) && self.retry.withdraw() {
                     tracing::debug!(service = %self.name, attempt, ?outcome, ?wait, "retrying");
+                    metrics::retry(&self.name);
                     avoid = Some(in_flight.index());
                     previous = Some((result, in_flight));
                     tokio::time::sleep(wait).await;

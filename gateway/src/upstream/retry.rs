@@ -23,6 +23,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The `outcome` label of `http_client_request_duration_seconds`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Connect => "connect_error",
+            Outcome::Reset => "reset",
+            Outcome::Timeout => "timeout",
+            Outcome::Status(s) if s.is_server_error() => "5xx",
+            Outcome::Status(s) if s.is_client_error() => "4xx",
+            Outcome::Status(_) => "ok",
+        }
+    }
+
     /// Counts against the instance and the breaker.
     pub fn is_failure(self) -> bool {
         match self {

@@ -1,0 +1,168 @@
+//! Prometheus metrics through the `metrics` facade and `metrics-exporter-prometheus`, rendered by
+//! the admin listener's `GET /metrics`. Names follow OpenTelemetry's HTTP semantic conventions
+//! where one exists (`http_server_request_duration_seconds`, `http_client_request_duration_seconds`
+//! with `http_request_method`, `http_route`, `http_response_status_code`).
+//!
+//! The recorder is process-wide (the `metrics` facade has one); it is installed the first time the
+//! admin API is built, and recording before that (or without an admin API) costs almost nothing.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::upstream::ServiceStatus;
+use crate::upstream::breaker::BreakerState;
+
+/// Seconds: from a cache hit to a slow backend.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus handle, installing the recorder the first time.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new().set_buckets(&BUCKETS).ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install the metrics recorder; /metrics stays empty");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The Prometheus text of every metric, with the service gauges brought up to date first.
+pub fn render(services: &[ServiceStatus]) -> String {
+    for s in services {
+        let state = match s.breaker {
+            None | Some(BreakerState::Closed) => 0.0,
+            Some(BreakerState::HalfOpen) => 1.0,
+            Some(BreakerState::Open) => 2.0,
+        };
+        gauge!("gateway_upstream_breaker_state", "service" => s.name.clone()).set(state);
+        let healthy = s.instances.iter().filter(|i| i.available).count();
+        gauge!("gateway_upstream_healthy_instances", "service" => s.name.clone()).set(healthy as f64);
+        gauge!("gateway_upstream_in_flight", "service" => s.name.clone()).set(s.in_flight as f64);
+    }
+    handle().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// One request the gateway answered.
+pub fn server_request(method: &str, route: &str, status: u16, took: Duration) {
+    histogram!(
+        "http_server_request_duration_seconds",
+        "http_request_method" => method.to_owned(),
+        "http_route" => route.to_owned(),
+        "http_response_status_code" => status.to_string(),
+    )
+    .record(took.as_secs_f64());
+}
+
+/// Requests being served (+1 when one starts, -1 when it is answered).
+pub fn active_requests(delta: f64) {
+    gauge!("http_server_active_requests").increment(delta);
+}
+
+/// One attempt to a backend: `outcome` is ok, timeout, connect_error, reset, 5xx, 4xx...
+pub fn client_request(service: &str, outcome: &'static str, took: Duration) {
+    histogram!(
+        "http_client_request_duration_seconds",
+        "service" => service.to_owned(),
+        "outcome" => outcome,
+    )
+    .record(took.as_secs_f64());
+}
+
+/// A request refused before any attempt: circuit_open, overloaded (bulkhead), no_healthy.
+pub fn client_rejected(service: &str, reason: &'static str) {
+    counter!("gateway_upstream_rejections_total", "service" => service.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+pub fn retry(service: &str) {
+    counter!("gateway_upstream_retries_total", "service" => service.to_owned()).increment(1);
+}
+
+pub fn auth_failure(reason: &'static str) {
+    counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
+}
+
+pub fn rate_limit(policy: &str, outcome: &'static str) {
+    counter!("gateway_rate_limit_decisions_total", "policy" => policy.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// A cacheable GraphQL backend call: hit, miss or stale.
+pub fn cache(result: &'static str) {
+    counter!("gateway_graphql_cache_total", "cache" => "graphql", "result" => result).increment(1);
+}
+
+pub fn degraded_field(reason: &str, fallback: &'static str) {
+    counter!("gateway_graphql_degraded_fields_total", "reason" => reason.to_owned(), "fallback" => fallback)
+        .increment(1);
+}
+
+/// A GraphQL operation: its name (bounded, see [`operation_label`]) and ok / partial / failed.
+pub fn graphql_operation(name: Option<&str>, outcome: &'static str) {
+    counter!("gateway_graphql_operations_total", "operation" => operation_label(name), "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn reload(result: &'static str) {
+    counter!("gateway_config_reloads_total", "result" => result).increment(1);
+}
+
+/// Operation names come from clients: the first 200 well-formed ones are labels, the rest
+/// `other`, so a client inventing names cannot grow the metrics without bound.
+fn operation_label(name: Option<&str>) -> String {
+    const MAX: usize = 200;
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let Some(name) = name else {
+        return "anonymous".into();
+    };
+    let well_formed = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !well_formed {
+        return "other".into();
+    }
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if seen.contains(name) || seen.len() < MAX && seen.insert(name.to_owned()) {
+        name.to_owned()
+    } else {
+        "other".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_labels_are_bounded() {
+        assert_eq!(operation_label(None), "anonymous");
+        assert_eq!(operation_label(Some("GetUser")), "GetUser");
+        assert_eq!(operation_label(Some("bad name")), "other");
+        assert_eq!(operation_label(Some(&"x".repeat(65))), "other");
+        for i in 0..300 {
+            let _ = operation_label(Some(&format!("op{i}")));
+        }
+        assert_eq!(operation_label(Some("op299")), "other");
+        assert_eq!(
+            operation_label(Some("GetUser")),
+            "GetUser",
+            "a name seen before stays"
+        );
+    }
+}
