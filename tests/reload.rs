@@ -1453,3 +1453,76 @@ async fn metrics_count_requests_by_route_pattern() {
         "{text}"
     );
 }
+
+/// `[telemetry] log_format = "json"`: every stderr line of the real binary is a JSON object, the
+/// request's access line names the route pattern, status and request id, and the bearer token the
+/// client sent appears nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_and_never_hold_the_token() {
+    let backend = Backend::start(200).await;
+    let dir = fresh_dir();
+    let public = free_addr();
+    let secret = "json-log-test-secret-0123456789abcdef";
+    let path = dir.join("routes.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[telemetry]\nlog_format = \"json\"\n\n[auth.jwt]\nissuers = [\"https://id.test\"]\n\n[[auth.jwt.keys]]\nkid = \"k\"\nalgorithm = \"HS256\"\nsecret = \"{secret}\"\n\n{}",
+            config(&backend.url, "").replace("auth = \"none\"", "auth = \"required\"")
+        ),
+    )
+    .unwrap();
+    let stderr = dir.join("stderr.log");
+    let child = Proc(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .args(["--listen", &public.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"iss": "https://id.test", "sub": "alice", "iat": now, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let client = client();
+    let url = format!("http://{public}/stable");
+    eventually("the gateway to serve", async || {
+        matches!(
+            tokio::time::timeout(TIMEOUT, client.get(&url).bearer_auth(&token).header("x-request-id", "json-log-req").send()).await,
+            Ok(Ok(r)) if r.status() == 200
+        )
+    })
+    .await;
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    eventually("the access line", async || log().contains("json-log-req")).await;
+    drop(child);
+    let text = log();
+    assert!(!text.contains(&token), "the token was logged:\n{text}");
+    assert!(!text.contains(secret), "the key was logged:\n{text}");
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access = lines
+        .iter()
+        .find(|l| l["request_id"] == "json-log-req")
+        .unwrap_or_else(|| panic!("no access line in:\n{text}"));
+    assert_eq!(access["target"], "access");
+    assert_eq!(access["route"], "/stable");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["client"], "alice");
+    assert!(access["duration_ms"].as_f64().is_some(), "{access}");
+}

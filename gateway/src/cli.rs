@@ -10,13 +10,14 @@ use tokio::net::TcpListener;
 
 use std::sync::Arc;
 
-use crate::config::{ConfigErrors, process_env};
+use crate::config::{ConfigErrors, TelemetryConfig, process_env};
 use crate::demo::backends;
 use crate::edge::Gateway;
 use crate::reload::{Reloader, SharedEnv};
 use crate::server::{serve, shutdown_signal};
 use crate::snapshot::Deps;
 use crate::snapshot::Snapshot;
+use crate::telemetry::logs;
 
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about = "API gateway and backend-for-frontend")]
@@ -65,7 +66,11 @@ pub enum Command {
 
 /// Runs the parsed command line; the binary's `main` is just this.
 pub fn main(cli: Cli) -> ExitCode {
-    init_tracing();
+    // `run` and `demo` log as their config says; everything else with the defaults.
+    let _logs = match &cli.command {
+        Command::Run { .. } | Command::Demo { .. } => None,
+        _ => logs::init(&TelemetryConfig::default()),
+    };
     match cli.command {
         Command::Check {
             config,
@@ -88,6 +93,7 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Command::Run { config, listen } => match Snapshot::load(&config, &process_env) {
             Ok(snapshot) => {
+                let _logs = logs::init(&snapshot.config.telemetry);
                 let workers = snapshot.config.server.worker_threads;
                 let env: SharedEnv = Arc::new(process_env);
                 run_runtime(workers, |rt| {
@@ -104,15 +110,6 @@ pub fn main(cli: Cli) -> ExitCode {
             runtime.block_on(demo(&config, listen))
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -350,6 +347,7 @@ async fn demo(config: &Path, listen: Option<SocketAddr>) -> ExitCode {
         Ok(s) => snapshot_with_listen(s, listen),
         Err(errors) => return report(&errors),
     };
+    let _logs = logs::init(&snapshot.config.telemetry);
     let addr = snapshot.config.server.listen;
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,

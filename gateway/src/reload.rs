@@ -208,6 +208,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         old.admin.as_ref().map(|x| x.listen) != new.admin.as_ref().map(|x| x.listen),
         "admin.listen",
     );
+    check(old.telemetry != new.telemetry, "telemetry");
     out
 }
 

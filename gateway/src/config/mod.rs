@@ -18,9 +18,9 @@ pub use fingerprint::Fingerprints;
 pub use interpolate::{Env, process_env};
 pub use model::{
     AdminConfig, ApiKeyConfig, AuthConfig, AuthMode, BreakerConfig, Config, GraphqlConfig, HealthCheckConfig,
-    JwksConfig, JwtConfig, LoadBalancing, PathMatch, RateLimitBackend, RateLimitKey, RateLimitPolicy,
-    RateLimitStoreConfig, RateLimitTiers, RateQuota, RedisFailure, RedisUrl, RetryConfig, RetryOn,
-    RouteConfig, ServerConfig, ServiceConfig, StaticKey,
+    JwksConfig, JwtConfig, LoadBalancing, LogFormat, PathMatch, RateLimitBackend, RateLimitKey,
+    RateLimitPolicy, RateLimitStoreConfig, RateLimitTiers, RateQuota, RedisFailure, RedisUrl, RetryConfig,
+    RetryOn, RouteConfig, ServerConfig, ServiceConfig, StaticKey, TelemetryConfig,
 };
 pub use raw::json_schema;
 pub use validate::parse_size;

@@ -28,6 +28,7 @@ pub struct Config {
     pub graphql: Option<GraphqlConfig>,
     /// `[admin]`, when present.
     pub admin: Option<AdminConfig>,
+    pub telemetry: TelemetryConfig,
     /// What each section was as written: a reload keeps the state of what did not change.
     pub fingerprints: super::Fingerprints,
     /// The file as written (for `/admin/config`, which redacts it).
@@ -48,6 +49,29 @@ impl std::fmt::Debug for SourceText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "<{} bytes>", self.0.len())
     }
+}
+
+/// `[telemetry]`: how the gateway logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive; RUST_LOG wins when set.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `[admin]`: the admin API's own listener, off the public port.

@@ -52,6 +52,23 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Option<RawAdmin>")]
     pub admin: Option<Spanned<RawAdmin>>,
+    /// Logs (and, later, traces).
+    #[serde(default)]
+    #[schemars(with = "Option<RawTelemetry>")]
+    pub telemetry: Option<Spanned<RawTelemetry>>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Telemetry")]
+pub struct RawTelemetry {
+    /// "text" (default, for terminals) or "json" (one JSON object per line, for machines).
+    #[schemars(with = "Option<String>")]
+    pub log_format: Option<Str>,
+    /// The log filter when RUST_LOG is not set, like "info" (default) or "info,access=off".
+    #[schemars(with = "Option<String>")]
+    pub log_level: Option<Str>,
 }
 
 /// `[admin]`.

@@ -62,6 +62,10 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
     let routes = raw.routes.into_iter().filter_map(|r| v.route(r, &ctx)).collect();
     let graphql = raw.graphql.and_then(|g| v.graphql(g, &ctx));
     let admin = raw.admin.map(|a| v.admin(a.into_inner()));
+    let telemetry = raw
+        .telemetry
+        .map(|t| v.telemetry(t.into_inner()))
+        .unwrap_or_default();
     server.rate_limit = default_policy;
     Config {
         server,
@@ -72,6 +76,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>, diag: &mut Diagnostics<'_>) -> Con
         rate_limit_store,
         graphql,
         admin,
+        telemetry,
         fingerprints: v.fingerprints,
         text: Default::default(),
     }
@@ -161,6 +166,41 @@ impl Validator<'_, '_, '_> {
         super::model::AdminConfig {
             listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090))),
             token,
+        }
+    }
+
+    fn telemetry(&mut self, raw: super::raw::RawTelemetry) -> super::model::TelemetryConfig {
+        let d = super::model::TelemetryConfig::default();
+        let log_format = raw
+            .log_format
+            .as_ref()
+            .and_then(|value| match self.string(value)?.as_str() {
+                "text" => Some(super::model::LogFormat::Text),
+                "json" => Some(super::model::LogFormat::Json),
+                other => {
+                    self.diag.error(
+                        &value.span(),
+                        format!("`log_format` = \"{other}\": use \"text\" or \"json\""),
+                    );
+                    None
+                }
+            });
+        let log_level = raw.log_level.as_ref().and_then(|value| {
+            let text = self.string(value)?;
+            match tracing_subscriber::EnvFilter::try_new(&text) {
+                Ok(_) => Some(text),
+                Err(e) => {
+                    self.diag.error(
+                        &value.span(),
+                        format!("`log_level` = \"{text}\" is not a log filter: {e}"),
+                    );
+                    None
+                }
+            }
+        });
+        super::model::TelemetryConfig {
+            log_format: log_format.unwrap_or(d.log_format),
+            log_level: log_level.unwrap_or(d.log_level),
         }
     }
 
