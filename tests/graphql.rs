@@ -1578,3 +1578,73 @@ fn check_reports_a_syntax_error_and_an_unknown_service_together() {
         "the unknown service is missing:\n{stderr}"
     );
 }
+
+/// `x-gateway-calls: 1` with `expose_calls = true`: `extensions.calls` is the fan-out timeline
+/// (each call's field path, service, start and duration, cache use); without either, nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_timings_show_the_fan_out_when_asked() {
+    let delay = Duration::from_millis(100);
+    let users = slow_backend(delay, json!({"id": "u1"})).await;
+    let orders = slow_backend(delay, json!([{"id": "o1"}])).await;
+    let recs = slow_backend(delay, json!([{"id": "p1"}])).await;
+    let sdl = r#"
+type Query { user: User @http(service: "users", path: "/u1") }
+type User {
+  id: ID!
+  orders: [Item!]! @http(service: "orders", path: "/orders", cache: "1m")
+  recommendations: [Item!]! @http(service: "recs", path: "/recs")
+}
+type Item { id: ID! }
+"#;
+    let services = [
+        ("users", users.url.as_str()),
+        ("orders", orders.url.as_str()),
+        ("recs", recs.url.as_str()),
+    ];
+    let gw = start(sdl, &services, "expose_calls = true\n", "").await;
+    let query = "{ user { id orders { id } recommendations { id } } }";
+    let header = [("x-gateway-calls", "1")];
+    let (status, _, body) = post_with(&client(), &gw.url(), &json!({"query": query}), &header).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = body["extensions"]["calls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(calls.len(), 3, "{body}");
+    let call = |path: &str| {
+        calls
+            .iter()
+            .find(|c| c["path"] == path)
+            .unwrap_or_else(|| panic!("{path}: {body}"))
+    };
+    let (user, orders_call, recs_call) = (call("user"), call("user.orders"), call("user.recommendations"));
+    assert_eq!(user["service"], "users");
+    assert_eq!(orders_call["cache"], "miss");
+    assert_eq!(recs_call["cache"], "none");
+    let ms = |c: &Value, k: &str| c[k].as_f64().unwrap();
+    assert!(ms(user, "duration_ms") >= 100.0, "{body}");
+    // The children start when the user arrives, side by side.
+    assert!(
+        ms(orders_call, "start_ms") >= 100.0 && ms(recs_call, "start_ms") >= 100.0,
+        "{body}"
+    );
+    assert!(
+        (ms(orders_call, "start_ms") - ms(recs_call, "start_ms")).abs() < 50.0,
+        "{body}"
+    );
+    // Again: the cached orders are a hit.
+    let (_, _, body) = post_with(&client(), &gw.url(), &json!({"query": query}), &header).await;
+    let calls = body["extensions"]["calls"].as_array().unwrap();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["path"] == "user.orders" && c["cache"] == "hit"),
+        "{body}"
+    );
+    // Not asked: nothing.
+    let (_, _, body) = post(&client(), &gw.url(), query, Value::Null).await;
+    assert!(body.get("extensions").is_none(), "{body}");
+    // Not allowed by the config: nothing, even when asked.
+    let gw = start(sdl, &services, "", "").await;
+    let (_, _, body) = post_with(&client(), &gw.url(), &json!({"query": query}), &header).await;
+    assert!(body.get("extensions").is_none(), "{body}");
+}

@@ -107,6 +107,8 @@ pub struct GraphqlConfig {
     pub stale_grace: Duration,
     pub cache_max_entries: u64,
     pub csrf: bool,
+    /// Clients may ask for `extensions.calls`.
+    pub expose_calls: bool,
 }
 
 impl GraphqlConfig {

@@ -155,6 +155,10 @@ pub struct RawGraphql {
     /// The most cached backend responses. Default 10000.
     #[schemars(with = "Option<u32>")]
     pub cache_max_entries: Option<Spanned<i64>>,
+    /// Let clients ask for each backend call's timing (`x-gateway-calls: 1` → `extensions.calls`:
+    /// path, service, start and duration, cache use). It shows backend names: default false.
+    #[schemars(with = "Option<bool>")]
+    pub expose_calls: Option<Spanned<bool>>,
     /// Refuse requests a browser could send cross-site without a preflight (Apollo Router's CSRF
     /// prevention). Default true.
     #[schemars(with = "Option<bool>")]

@@ -65,6 +65,9 @@ const PREFLIGHT_HEADERS: [&str; 3] = [
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 
+/// The request header that asks for `extensions.calls` (with `expose_calls = true`).
+const CALLS_HEADER: &str = "x-gateway-calls";
+
 /// How much query text the parsed-document cache keeps.
 const DOCUMENT_CACHE_BYTES: u64 = 4 << 20;
 
@@ -237,6 +240,7 @@ impl GraphQL {
         }
         let (plain, with_identity) = self.upstream_headers(headers, ctx);
         let get = *method == Method::GET;
+        let timings = self.config.expose_calls && headers.contains_key(CALLS_HEADER);
         let run = |params: Result<Params, String>| {
             let scope = RequestScope::new(
                 ctx.identity.clone(),
@@ -244,6 +248,7 @@ impl GraphQL {
                 plain.clone(),
                 with_identity.clone(),
             );
+            let scope = if timings { scope.with_call_timings() } else { scope };
             async move {
                 match params {
                     Ok(params) => self.execute(params, scope, get).await,
@@ -375,12 +380,17 @@ impl GraphQL {
                 .errors
                 .retain(|e| !(e.message.starts_with("internal: non-null types") && failed.contains(&e.path)));
         }
+        let mut extensions = serde_json::Map::new();
+        if let Some(degraded) = scope.take_degraded() {
+            extensions.insert("degraded".into(), degraded);
+        }
+        if let Some(calls) = scope.take_calls() {
+            extensions.insert("calls".into(), calls);
+        }
         let body = Body {
             data: (!request_failed).then_some(&response.data),
             errors: &response.errors,
-            extensions: scope
-                .take_degraded()
-                .map(|degraded| json!({ "degraded": degraded })),
+            extensions: (!extensions.is_empty()).then_some(Value::Object(extensions)),
         };
         let json = serde_json::to_string(&body).unwrap_or_default();
         let outcome = match (request_failed, response.errors.is_empty()) {

@@ -15,6 +15,7 @@ use async_graphql::SelectionField;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::fetch::CallError;
 use super::resolve::{
@@ -24,7 +25,9 @@ use super::template::select;
 
 /// A call started ahead of its field's resolver.
 pub struct Pending {
-    pub outcome: Shared<BoxFuture<'static, Outcome>>,
+    /// The call's outcome and when it arrived.
+    pub outcome: Shared<BoxFuture<'static, (Outcome, Instant)>>,
+    pub started: Instant,
     /// A batch member's own value (its items are picked from the batch's answer).
     pub batch_value: Option<String>,
 }
@@ -56,6 +59,7 @@ pub fn start(
             keep_stale,
             deadline,
             batch,
+            started: prepared_at,
         } = prepared;
         if let Some(batch) = &batch {
             rendered.add_batch(&batch.param, batch.separator.as_deref(), &values);
@@ -70,6 +74,7 @@ pub fn start(
                 path,
                 Pending {
                     outcome: outcome.clone(),
+                    started: prepared_at,
                     batch_value: Some(value),
                 },
             );
@@ -144,13 +149,17 @@ impl Walk<'_> {
                             ttl,
                             keep_stale,
                             deadline,
+                            started,
                             ..
                         } = prepared;
                         // A fresh cached answer needs no task.
                         let outcome = match ttl.and_then(|_| self.engine.cache.fresh(&rendered.cache_key())) {
-                            Some(value) => futures_util::future::ready(Ok(Got::fresh(value)))
-                                .boxed()
-                                .shared(),
+                            Some(value) => {
+                                crate::telemetry::metrics::cache("hit");
+                                futures_util::future::ready((Ok(Got::cached(value)), Instant::now()))
+                                    .boxed()
+                                    .shared()
+                            }
                             None => {
                                 let cache = self.engine.cache.clone();
                                 spawn(self.request, async move {
@@ -166,6 +175,7 @@ impl Walk<'_> {
                                 path,
                                 Pending {
                                     outcome,
+                                    started,
                                     batch_value: None,
                                 },
                             );
@@ -188,8 +198,11 @@ impl Walk<'_> {
 fn spawn(
     request: &RequestScope,
     call: impl Future<Output = Outcome> + Send + 'static,
-) -> Shared<BoxFuture<'static, Outcome>> {
-    let task = tokio::spawn(call);
+) -> Shared<BoxFuture<'static, (Outcome, Instant)>> {
+    let task = tokio::spawn(async move {
+        let outcome = call.await;
+        (outcome, Instant::now())
+    });
     request
         .tasks
         .lock()
@@ -197,10 +210,11 @@ fn spawn(
         .push(task.abort_handle());
     task.map(|joined| {
         joined.unwrap_or_else(|_| {
-            Err(CallError::Gateway {
+            let cancelled = CallError::Gateway {
                 code: "INTERNAL",
                 message: "the call was cancelled".into(),
-            })
+            };
+            (Err(cancelled), Instant::now())
         })
     })
     .boxed()

@@ -90,14 +90,25 @@ pub struct FieldPlan {
 pub struct Got {
     value: Arc<Value>,
     stale_because: Option<&'static str>,
+    /// Answered from the cache, without a backend call.
+    cached: bool,
 }
 
 impl Got {
-    /// A live (or fresh cached) answer.
+    /// A live answer.
     pub fn fresh(value: Arc<Value>) -> Self {
         Self {
             value,
             stale_because: None,
+            cached: false,
+        }
+    }
+
+    /// A fresh cached answer.
+    pub fn cached(value: Arc<Value>) -> Self {
+        Self {
+            cached: true,
+            ..Self::fresh(value)
         }
     }
 }
@@ -112,6 +123,8 @@ pub struct Prepared {
     pub deadline: Instant,
     /// For a batched field: its value of the batched parameter and its batch (field and call).
     pub batch: Option<BatchMember>,
+    /// When it was prepared (the call starts right after).
+    pub started: Instant,
 }
 
 pub struct BatchMember {
@@ -136,6 +149,8 @@ pub struct RequestScope {
     pub prefetched: Mutex<HashMap<String, Pending>>,
     /// Those calls' tasks: aborted when the request is over.
     pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// When the operation started, and the backend calls made, when the client asked for them.
+    calls: Option<(Instant, Mutex<Vec<Value>>)>,
 }
 
 impl Drop for RequestScope {
@@ -162,7 +177,54 @@ impl RequestScope {
             degraded: Mutex::new(Vec::new()),
             prefetched: Mutex::new(HashMap::default()),
             tasks: Mutex::new(Vec::new()),
+            calls: None,
         }
+    }
+
+    /// Records every backend call for `extensions.calls`.
+    pub fn with_call_timings(mut self) -> Self {
+        self.calls = Some((Instant::now(), Mutex::new(Vec::new())));
+        self
+    }
+
+    /// The `extensions.calls` list, when asked for.
+    pub fn take_calls(&self) -> Option<Value> {
+        let (_, calls) = self.calls.as_ref()?;
+        Some(Value::Array(std::mem::take(
+            &mut *calls.lock().unwrap_or_else(|e| e.into_inner()),
+        )))
+    }
+
+    fn record_call(&self, path: &str, call: &HttpCall, outcome: &Outcome, started: Instant, ended: Instant) {
+        let Some((t0, calls)) = &self.calls else { return };
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let (result, cache) = match outcome {
+            Ok(got) if got.stale_because.is_some() => ("stale", "stale"),
+            Ok(got) => (
+                "ok",
+                if got.cached {
+                    "hit"
+                } else if call.cache.is_some() {
+                    "miss"
+                } else {
+                    "none"
+                },
+            ),
+            Err(e) => (e.code(), "none"),
+        };
+        calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(serde_json::json!({
+                "path": path,
+                "service": call.service,
+                "method": call.method.as_str(),
+                "batched": call.batch.is_some(),
+                "start_ms": ms(started.saturating_duration_since(*t0)),
+                "duration_ms": ms(ended.saturating_duration_since(started)),
+                "result": result,
+                "cache": cache,
+            }));
     }
 
     /// The `extensions.degraded` list, if anything degraded.
@@ -243,8 +305,11 @@ async fn resolve<'a>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&path);
-    let (outcome, batch_value) = match pending {
-        Some(pending) => (pending.outcome.await, pending.batch_value),
+    let (outcome, batch_value, started, ended) = match pending {
+        Some(pending) => {
+            let (outcome, ended) = pending.outcome.await;
+            (outcome, pending.batch_value, pending.started, ended)
+        }
         None => {
             let args = Value::Object(
                 ctx.args
@@ -259,9 +324,12 @@ async fn resolve<'a>(
                 return Ok(None);
             };
             let batch_value = prepared.batch.as_ref().map(|b| b.value.clone());
-            (run(engine, request, prepared).await, batch_value)
+            let started = prepared.started;
+            let outcome = run(engine, request, prepared).await;
+            (outcome, batch_value, started, Instant::now())
         }
     };
+    request.record_call(&path, call, &outcome, started, ended);
     let value = finish(ctx, request, plan, call, outcome, batch_value.as_deref())?;
     if let Some(plans) = engine.plans.get()
         && plans.types.contains_key(&plan.type_name)
@@ -330,6 +398,7 @@ pub fn prepare(
         keep_stale: call.fallback == Fallback::Stale,
         deadline,
         batch,
+        started: Instant::now(),
     }))
 }
 
@@ -341,6 +410,7 @@ async fn run(engine: &Engine, request: &RequestScope, prepared: Prepared) -> Out
         keep_stale,
         deadline,
         batch,
+        ..
     } = prepared;
     match batch {
         None => cached_call(&engine.cache, rendered, ttl, keep_stale, deadline).await,
@@ -439,7 +509,7 @@ pub async fn cached_call(
         && let Some(value) = cache.fresh(&key)
     {
         metrics::cache("hit");
-        return Ok(Got::fresh(value));
+        return Ok(Got::cached(value));
     }
     if ttl.is_some() {
         metrics::cache("miss");
@@ -457,6 +527,7 @@ pub async fn cached_call(
             Some(value) => Ok(Got {
                 value,
                 stale_because: Some(e.code()),
+                cached: true,
             }),
             None => Err(e),
         },

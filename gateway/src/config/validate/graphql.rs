@@ -129,6 +129,7 @@ impl Validator<'_, '_, '_> {
                 .int_in(&raw.cache_max_entries, "cache_max_entries", 0, 100_000_000)
                 .map_or(GraphqlConfig::DEFAULT_CACHE_MAX_ENTRIES, |n| n as u64),
             csrf: flag(&raw.csrf, true),
+            expose_calls: flag(&raw.expose_calls, false),
         })
     }
 
