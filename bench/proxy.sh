@@ -317,7 +317,8 @@ declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/re
 declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
 GW_PID=""
 if [[ $SKIP_GW != 1 ]]; then
-    taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway.toml" \
+    # Access lines off, like the nginx proxy's `access_log off` (GATEWAY_LOG to change).
+    RUST_LOG=${GATEWAY_LOG:-info,access=off} taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway.toml" \
         >"$tmp/gateway.log" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
