@@ -24,7 +24,7 @@ use crate::proxy;
 use crate::ratelimit::RateLimitHeaders;
 use crate::routing::Handler;
 use crate::snapshot::Snapshot;
-use crate::telemetry::metrics;
+use crate::telemetry::{access, metrics};
 use forwarded::ClientAddr;
 use headers::{declared_length, strip_hop_by_hop};
 use request_id::X_REQUEST_ID;
@@ -112,15 +112,14 @@ impl Gateway {
         let took = started.elapsed();
         metrics::server_request(method.as_str(), route, status, took);
         metrics::active_requests(-1.0);
-        tracing::info!(
-            target: "access",
-            method = %method,
+        access::record(&access::Entry {
+            method: method.as_str(),
             route,
             status,
-            duration_ms = took.as_secs_f64() * 1000.0,
-            request_id = request_id.to_str().unwrap_or_default(),
-            client = seen.client.as_deref().unwrap_or("-"),
-        );
+            took,
+            request_id: request_id.to_str().unwrap_or_default(),
+            client: seen.client.as_deref(),
+        });
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         response
     }

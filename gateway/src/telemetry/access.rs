@@ -1,0 +1,137 @@
+//! The access log: one line per request, formatted by hand into a shared buffer that a thread of
+//! its own writes out every `FLUSH_EVERY`. Going through `tracing` (its formatter, and a writer
+//! thread woken for every line) cost about 7 µs of CPU per request on the proxy path, a third of
+//! the gateway's own cost; here a request only formats its line under an uncontended lock, and
+//! nothing wakes per line. When the buffer is full (the writer cannot keep up), lines are dropped
+//! rather than requests delayed.
+//!
+//! It is on when the log filter enables target `access` at `info` (the default);
+//! `RUST_LOG=info,access=off` turns it off. Lines never hold credentials.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::LogFormat;
+
+/// How often the writer writes what accumulated.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Bytes waiting for the writer at most.
+const BACKLOG: usize = 16 << 20;
+
+struct Sink {
+    format: LogFormat,
+    buffer: Mutex<String>,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Starts the writer thread (once per process); `false` when it cannot be started.
+pub fn init(format: LogFormat) -> bool {
+    if SINK.get().is_some() {
+        return true;
+    }
+    let sink = Sink {
+        format,
+        buffer: Mutex::new(String::new()),
+    };
+    if SINK.set(sink).is_err() {
+        return true;
+    }
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(FLUSH_EVERY);
+                flush();
+            }
+        })
+        .is_ok()
+}
+
+/// Writes out every line so far (also called when the process ends).
+pub fn flush() {
+    let Some(sink) = SINK.get() else { return };
+    let lines = std::mem::take(&mut *sink.buffer.lock().unwrap_or_else(|e| e.into_inner()));
+    if !lines.is_empty() {
+        let mut out = std::io::stderr().lock();
+        let _ = out.write_all(lines.as_bytes());
+        let _ = out.flush();
+    }
+}
+
+/// One answered request.
+pub struct Entry<'a> {
+    pub method: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub took: Duration,
+    pub request_id: &'a str,
+    /// The caller's subject or API key id, when authenticated.
+    pub client: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    timestamp: &'a str,
+    level: &'static str,
+    target: &'static str,
+    method: &'a str,
+    route: &'a str,
+    status: u16,
+    duration_ms: f64,
+    request_id: &'a str,
+    client: &'a str,
+}
+
+/// Queues the line of `entry`, if the access log is on.
+pub fn record(entry: &Entry<'_>) {
+    let Some(sink) = SINK.get() else { return };
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return;
+    }
+    let timestamp = timestamp();
+    let duration_ms = (entry.took.as_secs_f64() * 1e6).round() / 1e3;
+    let client = entry.client.unwrap_or("-");
+    let mut buffer = sink.buffer.lock().unwrap_or_else(|e| e.into_inner());
+    if buffer.len() > BACKLOG {
+        return;
+    }
+    match sink.format {
+        LogFormat::Json => {
+            let json = Json {
+                timestamp: &timestamp,
+                level: "INFO",
+                target: "access",
+                method: entry.method,
+                route: entry.route,
+                status: entry.status,
+                duration_ms,
+                request_id: entry.request_id,
+                client,
+            };
+            if let Ok(text) = serde_json::to_string(&json) {
+                buffer.push_str(&text);
+            }
+        }
+        LogFormat::Text => {
+            // Values that could hold spaces or quotes (a client id) are quoted.
+            let _ = write!(
+                buffer,
+                "{timestamp}  INFO access: method={} route={:?} status={} duration_ms={duration_ms} request_id={:?} client={:?}",
+                entry.method, entry.route, entry.status, entry.request_id, client
+            );
+        }
+    }
+    buffer.push('\n');
+}
+
+/// `2026-12-02T06:00:00.123Z`.
+fn timestamp() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = crate::demo::backends::rfc3339_utc(now.as_secs());
+    format!("{}.{:03}Z", seconds.trim_end_matches('Z'), now.subsec_millis())
+}
