@@ -51,6 +51,44 @@ async fn request_ids_are_kept_when_sane_generated_otherwise_and_sent_upstream() 
     assert_eq!(echo_json(r).await["headers"]["x-request-id"][0], id.as_str());
 }
 
+/// The backend joins the client's trace (its valid `traceparent`, passed on unchanged), or one
+/// the gateway starts for the request when the client sent none or an invalid one.
+#[tokio::test]
+async fn backends_get_the_clients_traceparent_or_a_new_one() {
+    let users = demo(USERS).await;
+    let gw = gateway(&one_route(&users.url(), "")).await;
+    let c = client();
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = c
+        .get(format!("{}/echo", gw.url()))
+        .header("traceparent", given)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echo_json(r).await["headers"]["traceparent"][0], given);
+    let mut seen = Vec::new();
+    for sent in [None, Some("not-a-trace")] {
+        let mut request = c.get(format!("{}/echo", gw.url()));
+        if let Some(sent) = sent {
+            request = request.header("traceparent", sent);
+        }
+        let echo = echo_json(request.send().await.unwrap()).await;
+        let got = echo["headers"]["traceparent"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let parts: Vec<&str> = got.split('-').collect();
+        assert_eq!(parts.len(), 4, "{got}");
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01"),
+            "{got}"
+        );
+        seen.push(got);
+    }
+    assert_ne!(seen[0], seen[1], "each request starts its own trace");
+}
+
 #[tokio::test]
 async fn forwarded_headers_from_untrusted_peers_are_replaced() {
     let users = demo(USERS).await;

@@ -41,6 +41,7 @@ use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::ratelimit::Policy;
 use crate::snapshot::Snapshot;
+use crate::telemetry::trace::{TRACEPARENT, ensure_traceparent};
 use crate::upstream::Upstream;
 use cache::CallCache;
 use resolve::{Engine, RequestScope};
@@ -53,8 +54,6 @@ const PASSED_ON: [HeaderName; 2] = [
     HeaderName::from_static("tracestate"),
     HeaderName::from_static("idempotency-key"),
 ];
-
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Headers that prove a request was preflighted (or sent by a non-browser client).
 const PREFLIGHT_HEADERS: [&str; 3] = [
@@ -412,12 +411,11 @@ impl GraphQL {
         let mut plain = HeaderMap::new();
         plain.insert(&X_REQUEST_ID, ctx.request_id.clone());
         // Every call joins the client's trace, or one trace of this request's own.
-        let traceparent = headers
-            .get(&TRACEPARENT)
-            .filter(|v| is_traceparent(v.as_bytes()))
-            .cloned()
-            .unwrap_or_else(new_traceparent);
-        plain.insert(TRACEPARENT, traceparent);
+        let mut client_trace = HeaderMap::new();
+        if let Some(v) = headers.get(&TRACEPARENT) {
+            client_trace.insert(TRACEPARENT, v.clone());
+        }
+        plain.insert(TRACEPARENT, ensure_traceparent(&mut client_trace));
         for name in &PASSED_ON {
             if let Some(v) = headers.get(name) {
                 plain.insert(name.clone(), v.clone());
@@ -693,30 +691,6 @@ fn response_media_type(headers: &HeaderMap) -> Result<&'static str, GatewayError
     }
 }
 
-/// W3C Trace Context: `version-traceid-parentid-flags`, lower-case hex, ids not all zero.
-fn is_traceparent(v: &[u8]) -> bool {
-    let hex = |s: &[u8]| s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
-    let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
-    v.len() == 55
-        && v[2] == b'-'
-        && v[35] == b'-'
-        && v[52] == b'-'
-        && hex(&v[..2])
-        && &v[..2] != b"ff"
-        && hex(&v[3..35])
-        && nonzero(&v[3..35])
-        && hex(&v[36..52])
-        && nonzero(&v[36..52])
-        && hex(&v[53..])
-}
-
-fn new_traceparent() -> HeaderValue {
-    let text = format!("00-{:032x}-{:016x}-01", fastrand::u128(1..), fastrand::u64(1..));
-    HeaderValue::try_from(text).unwrap_or_else(|_| {
-        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
-    })
-}
-
 fn accepts_html(headers: &HeaderMap) -> bool {
     accepted(headers)
         .iter()
@@ -771,19 +745,5 @@ mod tests {
         )])));
         assert!(preflighted(&headers(&[("content-type", "application/json")])));
         assert!(preflighted(&headers(&[("apollo-require-preflight", "true")])));
-    }
-
-    #[test]
-    fn traceparent_validation() {
-        assert!(is_traceparent(
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!is_traceparent(
-            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"
-        ));
-        assert!(!is_traceparent(
-            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
-        ));
-        assert!(is_traceparent(new_traceparent().as_bytes()));
     }
 }
