@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use async_graphql::Variables;
 use async_graphql::dynamic::Schema;
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use axum::body::Body as HttpBody;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -582,14 +582,8 @@ fn params_of(value: Value) -> Result<Params, String> {
     })
 }
 
-fn is_mutation(doc: &async_graphql::parser::types::ExecutableDocument, name: Option<&str>) -> bool {
-    let op = match (&doc.operations, name) {
-        (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-        _ => None,
-    };
-    op.is_some_and(|op| op.node.ty == OperationType::Mutation)
+fn is_mutation(doc: &ExecutableDocument, name: Option<&str>) -> bool {
+    nulls::operation(doc, name).is_some_and(|op| op.node.ty == OperationType::Mutation)
 }
 
 fn request_error(code: &str, message: &str) -> String {

@@ -53,7 +53,8 @@ pub fn propagate(
     }
 }
 
-fn operation<'d>(
+/// The operation a request runs: the named one, or the only one.
+pub fn operation<'d>(
     doc: &'d ExecutableDocument,
     name: Option<&str>,
 ) -> Option<&'d Positioned<OperationDefinition>> {
@@ -175,12 +176,18 @@ impl Walk<'_> {
                 });
                 matches!(value, Ok(Value::Boolean(true)))
             });
-            match d.node.name.node.as_str() {
-                "skip" => cond != Some(true),
-                "include" => cond != Some(false),
-                _ => true,
-            }
+            keeps(d.node.name.node.as_str(), cond)
         })
+    }
+}
+
+/// Whether a directive named `name` whose `if` is `cond` keeps its field: `@skip(if: true)` and
+/// `@include(if: false)` leave it out.
+pub fn keeps(name: &str, cond: Option<bool>) -> bool {
+    match name {
+        "skip" => cond != Some(true),
+        "include" => cond != Some(false),
+        _ => true,
     }
 }
 

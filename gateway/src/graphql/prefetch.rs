@@ -244,10 +244,6 @@ fn included(field: &SelectionField<'_>) -> bool {
         let cond = d
             .get_argument("if")
             .map(|v| matches!(v.node, async_graphql::Value::Boolean(true)));
-        match d.name.node.as_str() {
-            "skip" => cond != Some(true),
-            "include" => cond != Some(false),
-            _ => true,
-        }
+        super::nulls::keeps(d.name.node.as_str(), cond)
     })
 }
