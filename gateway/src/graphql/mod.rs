@@ -4,12 +4,11 @@
 //! - `sdl`: `schema/*.graphql` → executable schema (async-graphql `dynamic`), `directives` and
 //!   `template` read `@http`/`@auth`/`@from`;
 //! - `resolve`: the field resolvers, with `fetch` (one backend call), `cache` (reuse and
-//!   single-flight) and `batch` (one call for sibling parents);
+//!   single-flight) and `prefetch` (starting calls early; one call for sibling parents);
 //! - `limits`: what is refused before anything runs;
 //! - this module: GraphQL over HTTP (GET/POST, media types, status codes, CSRF, batches);
 //! - `playground`: GraphiQL for browsers.
 
-mod batch;
 pub mod cache;
 pub mod directives;
 mod fetch;

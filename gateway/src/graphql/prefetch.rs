@@ -18,9 +18,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::fetch::CallError;
-use super::resolve::{
-    Engine, Got, Outcome, Plans, Prepared, RequestScope, Source, authorize, cached_call, prepare,
-};
+use super::resolve::{Engine, Got, Outcome, Plans, Prepared, RequestScope, Source, authorize, prepare};
 use super::template::select;
 
 /// A call started ahead of its field's resolver.
@@ -49,25 +47,17 @@ pub fn start(
         batches: HashMap::default(),
     };
     walk.value(value, type_name, selection, path);
-    for (prepared, members) in walk.batches.into_values() {
+    for (mut prepared, members) in walk.batches.into_values() {
         let mut values: Vec<String> = members.iter().map(|(_, v)| v.clone()).collect();
         values.sort_unstable();
         values.dedup();
-        let Prepared {
-            mut rendered,
-            ttl,
-            keep_stale,
-            deadline,
-            batch,
-            started: prepared_at,
-        } = prepared;
-        if let Some(batch) = &batch {
-            rendered.add_batch(&batch.param, batch.separator.as_deref(), &values);
+        if let Some(batch) = prepared.batch.take() {
+            prepared
+                .rendered
+                .add_batch(&batch.param, batch.separator.as_deref(), &values);
         }
-        let cache = engine.cache.clone();
-        let outcome = spawn(request, async move {
-            cached_call(&cache, rendered, ttl, keep_stale, deadline).await
-        });
+        let prepared_at = prepared.started;
+        let outcome = spawn(request, prepared.call(engine.cache.clone()));
         let mut pending = request.prefetched.lock().unwrap_or_else(|e| e.into_inner());
         for (path, value) in members {
             pending.insert(
@@ -144,28 +134,19 @@ impl Walk<'_> {
                     .map(|b| (b.group.clone(), b.value.clone()))
                 {
                     None => {
-                        let Prepared {
-                            rendered,
-                            ttl,
-                            keep_stale,
-                            deadline,
-                            started,
-                            ..
-                        } = prepared;
+                        let started = prepared.started;
                         // A fresh cached answer needs no task.
-                        let outcome = match ttl.and_then(|_| self.engine.cache.fresh(&rendered.cache_key())) {
+                        let fresh = prepared
+                            .ttl
+                            .and_then(|_| self.engine.cache.fresh(&prepared.rendered.cache_key()));
+                        let outcome = match fresh {
                             Some(value) => {
                                 crate::telemetry::metrics::cache("hit");
                                 futures_util::future::ready((Ok(Got::cached(value)), Instant::now()))
                                     .boxed()
                                     .shared()
                             }
-                            None => {
-                                let cache = self.engine.cache.clone();
-                                spawn(self.request, async move {
-                                    cached_call(&cache, rendered, ttl, keep_stale, deadline).await
-                                })
-                            }
+                            None => spawn(self.request, prepared.call(self.engine.cache.clone())),
                         };
                         self.request
                             .prefetched

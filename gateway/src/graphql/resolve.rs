@@ -16,12 +16,10 @@ use std::time::Duration;
 
 use async_graphql::dynamic::{FieldFuture, FieldValue, ResolverContext};
 use async_graphql::{Error, ErrorExtensions};
-use futures_util::FutureExt;
 use http::HeaderMap;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::batch::Batcher;
 use super::cache::CallCache;
 use super::directives::{Fallback, HttpCall};
 use super::fetch::{CallError, Rendered};
@@ -143,7 +141,6 @@ pub struct RequestScope {
     pub headers: HeaderMap,
     /// `headers` plus the caller's identity headers (and Authorization when forwarded).
     pub identity_headers: HeaderMap,
-    pub batcher: Batcher<Outcome>,
     pub degraded: Mutex<Vec<Value>>,
     /// Calls started ahead of their fields' resolvers, by response path.
     pub prefetched: Mutex<HashMap<String, Pending>>,
@@ -173,7 +170,6 @@ impl RequestScope {
             deadline,
             headers,
             identity_headers,
-            batcher: Batcher::default(),
             degraded: Mutex::new(Vec::new()),
             prefetched: Mutex::new(HashMap::default()),
             tasks: Mutex::new(Vec::new()),
@@ -325,7 +321,7 @@ async fn resolve<'a>(
             };
             let batch_value = prepared.batch.as_ref().map(|b| b.value.clone());
             let started = prepared.started;
-            let outcome = run(engine, request, prepared).await;
+            let outcome = prepared.call(engine.cache.clone()).await;
             (outcome, batch_value, started, Instant::now())
         }
     };
@@ -402,28 +398,16 @@ pub fn prepare(
     }))
 }
 
-/// Makes a prepared call: alone, or as a member of its batch.
-async fn run(engine: &Engine, request: &RequestScope, prepared: Prepared) -> Outcome {
-    let Prepared {
-        mut rendered,
-        ttl,
-        keep_stale,
-        deadline,
-        batch,
-        ..
-    } = prepared;
-    match batch {
-        None => cached_call(&engine.cache, rendered, ttl, keep_stale, deadline).await,
-        Some(member) => {
-            let cache = engine.cache.clone();
-            request
-                .batcher
-                .load(member.group, member.value, move |values| {
-                    rendered.add_batch(&member.param, member.separator.as_deref(), &values);
-                    async move { cached_call(&cache, rendered, ttl, keep_stale, deadline).await }.boxed()
-                })
-                .await
+impl Prepared {
+    /// Sends the call, through the cache. A batch member sends its own value in the batched
+    /// parameter unless the batch's values were added already (`prefetch` adds every sibling's;
+    /// it reaches every batched field, so this is one parent's batch only when it did not).
+    pub fn call(mut self, cache: Arc<CallCache>) -> impl Future<Output = Outcome> + Send + 'static {
+        if let Some(member) = self.batch.take() {
+            self.rendered
+                .add_batch(&member.param, member.separator.as_deref(), &[member.value]);
         }
+        async move { cached_call(&cache, self.rendered, self.ttl, self.keep_stale, self.deadline).await }
     }
 }
 
@@ -494,7 +478,7 @@ pub fn path_key(node: &async_graphql::QueryPathNode<'_>) -> String {
 
 /// One call: a fresh cached answer, or the backend's (shared with identical calls in flight),
 /// or on failure the stale answer when the field's fallback asks for it.
-pub async fn cached_call(
+async fn cached_call(
     cache: &Arc<CallCache>,
     rendered: Rendered,
     ttl: Option<Duration>,
