@@ -23,7 +23,7 @@ pub use model::{
     RetryOn, RouteConfig, ServerConfig, ServiceConfig, StaticKey, TelemetryConfig,
 };
 pub use raw::json_schema;
-pub use validate::parse_size;
+pub use validate::{DurationProblem, parse_duration, parse_size};
 
 /// A config and the problems found in it. `config` holds everything that validated, so later
 /// stages (the route table) can still look for their own errors and report them in the same run.

@@ -122,13 +122,11 @@ impl Validator<'_, '_, '_> {
     /// Parses a humantime duration, reporting why it is not one; `None` when it is not.
     fn duration_of(&mut self, value: &Str, key: &str) -> Option<Duration> {
         let text = self.string(value)?;
-        let problem = match humantime::parse_duration(text.trim()) {
-            // Durations are added to the clock on the request path; past a year they only
-            // invite overflow, and no timeout or window needs that long.
-            Ok(d) if d > MAX_DURATION => format!("`{key}` must be at most a year (\"365d\")"),
-            Ok(d) if !d.is_zero() => return Some(d),
-            Ok(_) => format!("`{key}` must be longer than zero"),
-            Err(_) => {
+        let problem = match parse_duration(&text) {
+            Ok(d) => return Some(d),
+            Err(DurationProblem::TooLong) => format!("`{key}` must be at most a year (\"365d\")"),
+            Err(DurationProblem::Zero) => format!("`{key}` must be longer than zero"),
+            Err(DurationProblem::NotADuration) => {
                 format!("`{key}` = \"{text}\" is not a duration: write it like \"250ms\", \"5s\" or \"1m\"")
             }
         };
@@ -575,6 +573,27 @@ fn check_prefix(text: &str) -> Result<String, &'static str> {
         return Err("must be a normalized path (no `//`, `.` or `..` segments)");
     }
     Ok(trimmed.to_owned())
+}
+
+/// Why a duration was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationProblem {
+    TooLong,
+    Zero,
+    NotADuration,
+}
+
+/// A humantime duration (`"250ms"`, `"5s"`, `"1m"`) longer than zero and at most a year: the
+/// rule for every duration of the config and of the schema's directives. Durations are added to
+/// the clock on the request path; past a year they only invite overflow, and no timeout or window
+/// needs that long.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationProblem> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d > MAX_DURATION => Err(DurationProblem::TooLong),
+        Ok(d) if d.is_zero() => Err(DurationProblem::Zero),
+        Ok(d) => Ok(d),
+        Err(_) => Err(DurationProblem::NotADuration),
+    }
 }
 
 /// Parses "10MiB", "512 KB", "1GiB" or a plain byte count.
