@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
@@ -213,11 +213,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
 }
 
 fn now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    crate::demo::backends::rfc3339_utc(secs)
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 impl Reloader {

@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -131,7 +131,5 @@ pub fn record(entry: &Entry<'_>) {
 
 /// `2026-12-02T06:00:00.123Z`.
 fn timestamp() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = crate::demo::backends::rfc3339_utc(now.as_secs());
-    format!("{}.{:03}Z", seconds.trim_end_matches('Z'), now.subsec_millis())
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
