@@ -40,7 +40,7 @@ use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::ratelimit::Policy;
 use crate::snapshot::Snapshot;
-use crate::telemetry::trace::{TRACEPARENT, ensure_traceparent};
+use crate::telemetry::trace::{TRACEPARENT, traceparent};
 use crate::upstream::Upstream;
 use cache::CallCache;
 use resolve::{Engine, RequestScope};
@@ -410,11 +410,7 @@ impl GraphQL {
         let mut plain = HeaderMap::new();
         plain.insert(&X_REQUEST_ID, ctx.request_id.clone());
         // Every call joins the client's trace, or one trace of this request's own.
-        let mut client_trace = HeaderMap::new();
-        if let Some(v) = headers.get(&TRACEPARENT) {
-            client_trace.insert(TRACEPARENT, v.clone());
-        }
-        plain.insert(TRACEPARENT, ensure_traceparent(&mut client_trace));
+        plain.insert(TRACEPARENT, traceparent(headers));
         for name in &PASSED_ON {
             if let Some(v) = headers.get(name) {
                 plain.insert(name.clone(), v.clone());

@@ -6,15 +6,20 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// The request's `traceparent`: the client's if valid, else a new trace (the client's invalid
-/// one is replaced).
+/// The `traceparent` calls for this request carry: the client's if valid, else a new trace.
+pub fn traceparent(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&TRACEPARENT)
+        .filter(|v| is_traceparent(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(new_traceparent)
+}
+
+/// Sets [`traceparent`] on a request going upstream (a client's invalid one is replaced).
 pub fn ensure_traceparent(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(valid) = headers.get(&TRACEPARENT).filter(|v| is_traceparent(v.as_bytes())) {
-        return valid.clone();
-    }
-    let new = new_traceparent();
-    headers.insert(TRACEPARENT, new.clone());
-    new
+    let value = traceparent(headers);
+    headers.insert(TRACEPARENT, value.clone());
+    value
 }
 
 /// `version-traceid-parentid-flags`: lower-case hex, ids not all zero, version not `ff`.
