@@ -118,7 +118,7 @@ impl Gateway {
             status,
             took,
             request_id: request_id.to_str().unwrap_or_default(),
-            client: seen.client.as_deref(),
+            client: seen.identity.as_ref().map(|i| i.subject.as_str()),
         });
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         response
@@ -174,7 +174,7 @@ impl Gateway {
             .await
             .inspect_err(|e| metrics::auth_failure(e.code()))?;
         // Who, for the access log: a token's subject or an API key's id; never the credential.
-        seen.client = identity.as_ref().map(|i| i.subject.clone());
+        seen.identity = identity.clone();
         // Rate limiting, per the route's policy and keyed on the identity (or the client address
         // established above): a 429 here never reaches a backend or costs it anything.
         if let Some(policy) = &route.rate_limit {
@@ -235,8 +235,8 @@ struct Seen {
     /// The `RateLimit` headers of a counted request.
     rate_limit: Option<RateLimitHeaders>,
     route: Option<Arc<crate::routing::Route>>,
-    /// The authenticated caller's subject.
-    client: Option<String>,
+    /// The authenticated caller.
+    identity: Option<Arc<Identity>>,
 }
 
 /// An HTTP/1 request that announces a body (HTTP/2 streams need no connection-level cleanup).

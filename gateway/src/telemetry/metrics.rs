@@ -21,9 +21,16 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Whether a recorder is installed. Without one the metric calls below return at once: building
+/// their labels would cost every request allocations for nothing.
+fn recording() -> bool {
+    HANDLE.get().is_some_and(Option::is_some)
+}
+
 /// The process's Prometheus handle, installing the recorder the first time.
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new().set_buckets(&BUCKETS).ok()?;
@@ -56,6 +63,9 @@ pub fn render(services: &[ServiceStatus]) -> String {
 
 /// One request the gateway answered.
 pub fn server_request(method: &str, route: &str, status: u16, took: Duration) {
+    if !recording() {
+        return;
+    }
     histogram!(
         "http_server_request_duration_seconds",
         "http_request_method" => method.to_owned(),
@@ -67,11 +77,16 @@ pub fn server_request(method: &str, route: &str, status: u16, took: Duration) {
 
 /// Requests being served (+1 when one starts, -1 when it is answered).
 pub fn active_requests(delta: f64) {
+    // Not skipped without a recorder (it builds no labels), so a recorder installed while
+    // requests are in flight never sees their decrement without their increment.
     gauge!("http_server_active_requests").increment(delta);
 }
 
 /// One attempt to a backend: `outcome` is ok, timeout, connect_error, reset, 5xx, 4xx...
 pub fn client_request(service: &str, outcome: &'static str, took: Duration) {
+    if !recording() {
+        return;
+    }
     histogram!(
         "http_client_request_duration_seconds",
         "service" => service.to_owned(),
@@ -82,40 +97,64 @@ pub fn client_request(service: &str, outcome: &'static str, took: Duration) {
 
 /// A request refused before any attempt: circuit_open, overloaded (bulkhead), no_healthy.
 pub fn client_rejected(service: &str, reason: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!("gateway_upstream_rejections_total", "service" => service.to_owned(), "reason" => reason)
         .increment(1);
 }
 
 pub fn retry(service: &str) {
+    if !recording() {
+        return;
+    }
     counter!("gateway_upstream_retries_total", "service" => service.to_owned()).increment(1);
 }
 
 pub fn auth_failure(reason: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
 }
 
 pub fn rate_limit(policy: &str, outcome: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!("gateway_rate_limit_decisions_total", "policy" => policy.to_owned(), "outcome" => outcome)
         .increment(1);
 }
 
 /// A cacheable GraphQL backend call: hit, miss or stale.
 pub fn cache(result: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!("gateway_graphql_cache_total", "cache" => "graphql", "result" => result).increment(1);
 }
 
 pub fn degraded_field(reason: &str, fallback: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!("gateway_graphql_degraded_fields_total", "reason" => reason.to_owned(), "fallback" => fallback)
         .increment(1);
 }
 
 /// A GraphQL operation: its name (bounded, see [`operation_label`]) and ok / partial / failed.
 pub fn graphql_operation(name: Option<&str>, outcome: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!("gateway_graphql_operations_total", "operation" => operation_label(name), "outcome" => outcome)
         .increment(1);
 }
 
 pub fn reload(result: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!("gateway_config_reloads_total", "result" => result).increment(1);
 }
 
