@@ -48,17 +48,14 @@ CONNS=${CONNS:-256}
 P99_SLACK_MS=${P99_SLACK_MS:-20}
 LOAD_CPU=${LOAD_CPU:-0}
 GATEWAY_CPU=${GATEWAY_CPU:-1}
-DEFAULT_GATEWAY_BIN=target/release/gateway
-GATEWAY_BIN=${GATEWAY_BIN:-$DEFAULT_GATEWAY_BIN}
+GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway}
 DELAY_MS=20               # each backend call; must match schema/bench.graphql
 IDEAL_MS=$((2 * DELAY_MS)) # the user, then orders and recommendations at once
 WARMUP_S=2
 
-die() { echo "graphql.sh: error: $*" >&2; exit 1; }
-log() { echo "# $*"; }
-
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO_ROOT=$(pwd)
+BENCH_NAME=graphql.sh
+source bench/lib.sh
 BENCH_DIR=$REPO_ROOT/bench/graphql
 
 secs() { # "5s" / "500ms" / "2m" / "7" -> seconds (may be fractional)
@@ -103,45 +100,14 @@ taskset -c "$GATEWAY_CPU" true 2>/dev/null || die "cannot pin to CPU $GATEWAY_CP
 [[ $LOAD_CPU != "$GATEWAY_CPU" ]] || die "LOAD_CPU and GATEWAY_CPU must differ"
 
 # ---------------------------------------------------------------- gateway binary
-if [[ $GATEWAY_BIN == "$DEFAULT_GATEWAY_BIN" ]]; then
-    stale=""
-    if [[ -x $GATEWAY_BIN ]]; then
-        stale=$(find gateway Cargo.toml Cargo.lock -type f -newer "$GATEWAY_BIN" -print -quit 2>/dev/null || true)
-    fi
-    if [[ ! -x $GATEWAY_BIN || -n $stale ]]; then
-        log "${stale:+$stale is newer than $GATEWAY_BIN; }building: cargo build --release --locked -p gateway (minutes on 2 cores)"
-        cargo build --release --locked -p gateway
-    fi
-fi
-[[ -x $GATEWAY_BIN ]] || die "GATEWAY_BIN=$GATEWAY_BIN not found (relative to $REPO_ROOT)"
-GATEWAY_BIN=$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")
+gateway_binary
 
 # This script, curl and python stay off the gateway's CPU; oha and the backend are pinned below.
 taskset -pc "$LOAD_CPU" $$ >/dev/null
 ulimit -n 65536 2>/dev/null || true
 
 # ---------------------------------------------------------------- temp dir, cleanup
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-graphql.XXXXXX")
-PIDS=()
-cleanup() {
-    local rc=$? pid i
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ ${BENCH_KEEP_TMP:-0} == 1 ]]; then
-        echo "# temp dir kept: $tmp" >&2
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_tmp graphql
 
 # ---------------------------------------------------------------- ports
 read -r BACKEND_PORT GW_PORT < <(python3 - <<'EOF'

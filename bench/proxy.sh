@@ -28,15 +28,12 @@ CONNS=${CONNS:-50}
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 SKIP_GW=${BENCH_SKIP_GATEWAY:-0}
-DEFAULT_GATEWAY_BIN=target/release/gateway
-GATEWAY_BIN=${GATEWAY_BIN:-$DEFAULT_GATEWAY_BIN}
+GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway}
 BODY_BYTES=1024
 
-die() { echo "proxy.sh: error: $*" >&2; exit 1; }
-log() { echo "# $*"; }
-
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO_ROOT=$(pwd)
+BENCH_NAME=proxy.sh
+source bench/lib.sh
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer (got '$CONNS')"
@@ -66,16 +63,7 @@ taskset -c "$PROXY_CPU" true 2>/dev/null || die "cannot pin to CPU $PROXY_CPU (P
 
 # ---------------------------------------------------------------- gateway binary
 if [[ $SKIP_GW != 1 ]]; then
-    if [[ ! -x $GATEWAY_BIN ]]; then
-        if [[ $GATEWAY_BIN == "$DEFAULT_GATEWAY_BIN" ]]; then
-            log "$GATEWAY_BIN not found; building it: cargo build --release -p gateway"
-            cargo build --release -p gateway
-            [[ -x $GATEWAY_BIN ]] || die "build finished but $GATEWAY_BIN is still missing"
-        else
-            die "GATEWAY_BIN=$GATEWAY_BIN not found (relative to $REPO_ROOT)"
-        fi
-    fi
-    GATEWAY_BIN=$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")
+    gateway_binary
 fi
 
 # Keep this script, the RSS sampler and curl off the proxy's CPU; the
@@ -84,30 +72,7 @@ taskset -pc "$LOAD_CPU" $$ >/dev/null
 ulimit -n 65536 2>/dev/null || true
 
 # ---------------------------------------------------------------- temp dir, cleanup
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-proxy.XXXXXX")
-PIDS=()
-cleanup() {
-    local rc=$? pid i
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
-            pkill -KILL -P "$pid" 2>/dev/null || true   # e.g. nginx workers
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ ${BENCH_KEEP_TMP:-0} == 1 ]]; then
-        echo "# temp dir kept: $tmp" >&2
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_tmp proxy
 
 # ---------------------------------------------------------------- ports
 read -r BACKEND_PORT NGINX_PORT GW_PORT < <(python3 - <<'EOF'

@@ -17,35 +17,18 @@ LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway}
 
-die() { echo "ratelimit-keys.sh: error: $*" >&2; exit 1; }
-log() { echo "# $*"; }
-
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BENCH_NAME=ratelimit-keys.sh
+source bench/lib.sh
 [[ $KEYS =~ ^[1-9][0-9]*$ ]] || die "KEYS must be a positive integer"
 for tool in nginx wrk curl python3 taskset; do
     command -v "$tool" >/dev/null || die "'$tool' is required (apt-get install -y nginx wrk)"
 done
-if [[ ! -x $GATEWAY_BIN ]]; then
-    log "building the gateway: cargo build --release -p gateway"
-    cargo build --release -p gateway
-fi
-GATEWAY_BIN=$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")
+gateway_binary
 taskset -pc "$LOAD_CPU" $$ >/dev/null
 ulimit -n 65536 2>/dev/null || true
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-rlkeys.XXXXXX")
-PIDS=()
-cleanup() {
-    local rc=$? pid
-    trap - EXIT
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_tmp rlkeys
 
 read -r BACKEND_PORT GW_PORT < <(python3 -c '
 import socket

@@ -1,0 +1,55 @@
+# Shared by the bench scripts; each sources it after `cd` to the repository root, with
+# BENCH_NAME set (for messages) and GATEWAY_BIN set (relative to the root).
+
+die() { echo "$BENCH_NAME: error: $*" >&2; exit 1; }
+log() { echo "# $*"; }
+
+REPO_ROOT=$(pwd)
+
+# Makes GATEWAY_BIN absolute. The default, target/release/gateway, is built first when it is
+# missing or older than the sources (`cargo build --release` at the root does not build it).
+gateway_binary() {
+    local stale=""
+    if [[ $GATEWAY_BIN == target/release/gateway ]]; then
+        if [[ -x $GATEWAY_BIN ]]; then
+            stale=$(find gateway Cargo.toml Cargo.lock -type f -newer "$GATEWAY_BIN" -print -quit 2>/dev/null || true)
+        fi
+        if [[ ! -x $GATEWAY_BIN || -n $stale ]]; then
+            log "${stale:+$stale is newer than $GATEWAY_BIN; }building: cargo build --release --locked -p gateway (minutes on 2 cores)"
+            cargo build --release --locked -p gateway
+        fi
+    fi
+    [[ -x $GATEWAY_BIN ]] || die "GATEWAY_BIN=$GATEWAY_BIN not found (relative to $(pwd))"
+    GATEWAY_BIN=$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")
+}
+
+# A temp dir in $tmp, and PIDS for the processes the script starts: on exit every one is
+# stopped (TERM, then KILL after 5 s, children included, e.g. nginx workers) and the dir removed
+# (kept with BENCH_KEEP_TMP=1).
+bench_tmp() { # NAME
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-$1.XXXXXX")
+    PIDS=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+bench_cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            pkill -KILL -P "$pid" 2>/dev/null || true
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${BENCH_KEEP_TMP:-0} == 1 ]]; then
+        echo "# temp dir kept: $tmp" >&2
+    else
+        rm -rf "$tmp"
+    fi
+    exit "$rc"
+}
