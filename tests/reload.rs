@@ -995,50 +995,40 @@ async fn sighup_reloads_the_real_binary() {
     };
     let pid = child.0.id();
 
+    // Polls the admin status until `done` holds (the gateway must stay up meanwhile).
+    let mut wait_for = async |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut status = Value::Null;
+        loop {
+            if let Some(exit) = child.0.try_wait().unwrap() {
+                panic!("the gateway exited ({exit}) on SIGHUP:\n{}", log());
+            }
+            if let Some(s) = admin_status().await {
+                status = s["config"].clone();
+                if done(&status) {
+                    return status;
+                }
+            }
+            assert!(Instant::now() < deadline, "{what}: {status}\n{}", log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
     // A SIGHUP with nothing changed.
     hangup(pid);
-    let mut status = Value::Null;
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(exit) = child.0.try_wait().unwrap() {
-            panic!("the gateway exited ({exit}) on SIGHUP:\n{}", log());
-        }
-        if let Some(s) = admin_status().await {
-            status = s["config"].clone();
-            if status["last_reload"]["trigger"] == "sighup" {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no SIGHUP reload in the status: {status}\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_for("no SIGHUP reload in the status", &|s| {
+        s["last_reload"]["trigger"] == "sighup"
+    })
+    .await;
     assert_eq!(status["last_reload"]["result"], "unchanged", "{status}");
 
     // An edit only a SIGHUP picks up.
     std::fs::write(&target, text(&route("/added"))).unwrap();
     hangup(pid);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(exit) = child.0.try_wait().unwrap() {
-            panic!("the gateway exited ({exit}) on SIGHUP:\n{}", log());
-        }
-        if let Some(s) = admin_status().await {
-            status = s["config"].clone();
-            if status["last_reload"]["result"] == "applied" {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the edit was not applied: {status}\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_for("the edit was not applied", &|s| {
+        s["last_reload"]["result"] == "applied"
+    })
+    .await;
     assert_eq!(status["last_reload"]["trigger"], "sighup", "{status}");
     let response = send_in_time(client.get(format!("http://{public}/added"))).await;
     assert_eq!(response.status(), 200, "{}", log());
