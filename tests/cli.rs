@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use common::{USERS, client, demo, error_body};
+use common::{USERS, client, demo, demo_token, error_body};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
@@ -618,21 +618,6 @@ async fn demo_serves_the_bundled_backends_through_the_repos_routes() {
     let header = jsonwebtoken::decode_header(printed).unwrap();
     assert_eq!(header.kid.as_deref(), Some("demo"));
     assert!(stdout.contains("Authorization: Bearer $TOKEN"), "{stdout}");
-}
-
-/// A token as the demo config accepts it (its default secret, issuer and audience).
-fn demo_token(scope: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = serde_json::json!({
-        "sub": "u1", "scope": scope, "iss": "gateway-demo", "aud": "gateway", "exp": now + 600,
-    });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("demo".into());
-    let key = jsonwebtoken::EncodingKey::from_secret(b"demo-only-secret-change-me-0123456789");
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,14 +15,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::graphql::{
     Backend, Seen, graphql_table, json_reply, post, post_with, read, schema_dir, schema_files,
 };
-use common::{client, dead_url, error_body, eventually, gateway, send_in_time};
+use common::{client, dead_url, error_body, eventually, gateway, hs256_token, send_in_time, unix_now};
 use gateway::RunningServer;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -71,13 +70,11 @@ secret = "{SECRET}"
 
 /// A valid HS256 token for `sub` holding `scope` (space-separated scopes).
 fn token(sub: &str, scope: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = unix_now();
     let claims = json!({
         "iss": ISS, "aud": AUD, "sub": sub, "iat": now, "exp": now + 3600, "scope": scope,
     });
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some("hs".into());
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    hs256_token(SECRET, "hs", &claims)
 }
 
 /// POSTs `query` with `Authorization: Bearer <token>`.
@@ -1468,14 +1465,12 @@ type User {
     assert_eq!(seen[1].path, "/friends");
     assert_eq!(seen[1].params("of"), ["u1"]);
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = unix_now();
     let claims = json!({
         "iss": ISS, "aud": AUD, "sub": "alice@example.com", "iat": now, "exp": now + 3600,
         "tenant": "acme & co",
     });
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some("hs".into());
-    let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    let token = hs256_token(SECRET, "hs", &claims);
     let (status, body) = post_as(&gw.url(), &token, "{ viewer { id firstName } }").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(

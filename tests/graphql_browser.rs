@@ -141,21 +141,6 @@ async fn node(script: &str, args: &[&str]) -> ScriptRun {
     }
 }
 
-/// A token the test config accepts (the demo's issuer, audience, key id and secret).
-fn token(scope: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = serde_json::json!({
-        "sub": "u1", "scope": scope, "iss": "gateway-demo", "aud": "gateway", "exp": now + 600,
-    });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("demo".into());
-    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
-}
-
 /// The playground config: local assets from tests/js and the example query.
 fn playground_config() -> String {
     format!(
@@ -198,7 +183,7 @@ async fn playground_sends_the_bearer_token_of_its_url_fragment() {
     let (_demo, gw) = graphql_gateway(&playground_config()).await;
     // playground.mjs opens the page at #token=..., and fails unless GraphiQL's request carried
     // `Authorization: Bearer <token>`; the gateway answering with data means it accepted it.
-    let token = token("catalog:read");
+    let token = common::demo_token("catalog:read");
     let run = node(
         "playground.mjs",
         &[&format!("{}/graphql", gw.url()), A_PRODUCT_NAME, &token],

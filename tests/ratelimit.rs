@@ -18,7 +18,6 @@ use common::{client, error_body, gateway, gateway_with};
 use gateway::RunningServer;
 use gateway::ratelimit::LimiterClock;
 use gateway::snapshot::Deps;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Barrier;
@@ -51,9 +50,7 @@ fn token(sub: &str, extra: &[(&str, Value)]) -> String {
     for (name, value) in extra {
         claims[*name] = value.clone();
     }
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some("hs".to_owned());
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    common::hs256_token(SECRET, "hs", &claims)
 }
 
 // ---------------------------------------------------------------------------------------------

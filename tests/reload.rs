@@ -1474,18 +1474,12 @@ async fn json_logs_parse_and_never_hold_the_token() {
             .spawn()
             .unwrap(),
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("k".into());
-    let token = jsonwebtoken::encode(
-        &header,
+    let now = common::unix_now();
+    let token = common::hs256_token(
+        secret,
+        "k",
         &json!({"iss": "https://id.test", "sub": "alice", "iat": now, "exp": now + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap();
+    );
     let client = client();
     let url = format!("http://{public}/stable");
     eventually("the gateway to serve", async || {

@@ -156,3 +156,32 @@ pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
         .get(name)
         .map(|v| v.to_str().unwrap().to_owned())
 }
+
+/// Seconds since the Unix epoch, for `iat` and `exp`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token signed with `secret` under key id `kid`, with `claims` as given.
+pub fn hs256_token(secret: &str, kid: &str, claims: &serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token as the demo config accepts it (its default secret, issuer, audience and key id): user
+/// `u1` holding `scope`, valid ten minutes.
+pub fn demo_token(scope: &str) -> String {
+    let claims = serde_json::json!({
+        "sub": "u1", "scope": scope, "iss": "gateway-demo", "aud": "gateway", "exp": unix_now() + 600,
+    });
+    hs256_token("demo-only-secret-change-me-0123456789", "demo", &claims)
+}
