@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod graphql;
+pub mod process;
 pub mod redis;
 
 use std::io::{Read, Write};

@@ -51,12 +51,20 @@ impl std::fmt::Debug for SourceText {
     }
 }
 
-/// `[telemetry]`: how the gateway logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[telemetry]`: how the gateway logs and where it sends traces.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// An `EnvFilter` directive; RUST_LOG wins when set.
     pub log_level: String,
+    /// Where spans go (OTLP over HTTP, protobuf): the full URL of the collector's traces
+    /// endpoint. `None` (the default): no spans are made at all.
+    pub otlp_endpoint: Option<url::Url>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// The share of new traces (those the client did not start) that are recorded; a client's
+    /// sampling decision in its `traceparent` is followed.
+    pub sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -64,6 +72,9 @@ impl Default for TelemetryConfig {
         Self {
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            otlp_endpoint: None,
+            service_name: "gateway".into(),
+            sample_ratio: 1.0,
         }
     }
 }

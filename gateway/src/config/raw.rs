@@ -52,7 +52,7 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Option<RawAdmin>")]
     pub admin: Option<Spanned<RawAdmin>>,
-    /// Logs (and, later, traces).
+    /// Logs and traces.
     #[serde(default)]
     #[schemars(with = "Option<RawTelemetry>")]
     pub telemetry: Option<Spanned<RawTelemetry>>,
@@ -69,6 +69,17 @@ pub struct RawTelemetry {
     /// The log filter when RUST_LOG is not set, like "info" (default) or "info,access=off".
     #[schemars(with = "Option<String>")]
     pub log_level: Option<Str>,
+    /// Export spans with OTLP over HTTP (protobuf) to this collector, like
+    /// "http://127.0.0.1:4318" ("/v1/traces" is added to a URL without a path). Off by default.
+    #[schemars(with = "Option<String>")]
+    pub otlp_endpoint: Option<Str>,
+    /// The `service.name` of exported spans. Default "gateway".
+    #[schemars(with = "Option<String>")]
+    pub service_name: Option<Str>,
+    /// The share of traces the gateway starts that are recorded, 0.0 to 1.0 (default 1.0). A
+    /// client's `traceparent` decides for its own traces.
+    #[schemars(with = "Option<f64>", range(min = 0.0, max = 1.0))]
+    pub sample_ratio: Option<Spanned<f64>>,
 }
 
 /// `[admin]`.

@@ -196,10 +196,56 @@ impl Validator<'_, '_, '_> {
                 }
             }
         });
+        let otlp_endpoint = raw.otlp_endpoint.as_ref().and_then(|v| self.otlp_endpoint(v));
+        let service_name = raw.service_name.as_ref().and_then(|value| {
+            let text = self.string(value)?;
+            if text.trim().is_empty() {
+                self.diag.error(&value.span(), "`service_name` must not be empty");
+                return None;
+            }
+            Some(text)
+        });
+        let sample_ratio = raw.sample_ratio.as_ref().and_then(|value| {
+            let ratio = *value.get_ref();
+            if (0.0..=1.0).contains(&ratio) {
+                return Some(ratio);
+            }
+            self.diag
+                .error(&value.span(), "`sample_ratio` must be between 0.0 and 1.0");
+            None
+        });
         super::model::TelemetryConfig {
             log_format: log_format.unwrap_or(d.log_format),
             log_level: log_level.unwrap_or(d.log_level),
+            otlp_endpoint,
+            service_name: service_name.unwrap_or(d.service_name),
+            sample_ratio: sample_ratio.unwrap_or(d.sample_ratio),
         }
+    }
+
+    /// An OTLP/HTTP collector URL; one without a path gets the standard "/v1/traces".
+    fn otlp_endpoint(&mut self, value: &Str) -> Option<Url> {
+        let text = self.string(value)?;
+        let problem = match Url::parse(&text) {
+            Err(e) => format!(
+                "`otlp_endpoint` = \"{text}\" is not a URL ({e}): write it like \"http://127.0.0.1:4318\""
+            ),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                format!("`otlp_endpoint` = \"{text}\" must use http:// or https:// (OTLP over HTTP)")
+            }
+            Ok(url) if url.host().is_none() => format!("`otlp_endpoint` = \"{text}\" has no host"),
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => format!(
+                "`otlp_endpoint` = \"{text}\" must not carry credentials: set OTEL_EXPORTER_OTLP_HEADERS instead"
+            ),
+            Ok(mut url) => {
+                if url.path() == "/" {
+                    url.set_path("/v1/traces");
+                }
+                return Some(url);
+            }
+        };
+        self.diag.error(&value.span(), problem);
+        None
     }
 
     /// An `IP:PORT` listen address.

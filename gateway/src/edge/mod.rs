@@ -24,10 +24,12 @@ use crate::proxy;
 use crate::ratelimit::RateLimitHeaders;
 use crate::routing::Handler;
 use crate::snapshot::Snapshot;
+use crate::telemetry::trace::{RequestTrace, span};
 use crate::telemetry::{access, metrics};
 use forwarded::ClientAddr;
 use headers::{declared_length, strip_hop_by_hop};
 use request_id::X_REQUEST_ID;
+use tracing::Instrument;
 
 /// Per-request facts the edge established, handed to the handler.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct RequestContext {
     pub max_body_size: u64,
     /// The verified caller; `None` on public routes and for anonymous callers of optional ones.
     pub identity: Option<Arc<Identity>>,
+    /// The W3C `traceparent` backend calls carry (see `telemetry::trace`).
+    pub traceparent: HeaderValue,
 }
 
 /// The gateway's shared state: the active snapshot, swapped whole on reload.
@@ -84,10 +88,17 @@ impl Gateway {
         let request_id = request_id::from_request(request.headers());
         let method = request.method().clone();
         let may_leave_body_unread = is_http1_with_body(&request);
+        let trace = RequestTrace::start(&method, request.uri().path(), request.headers());
         let mut seen = Seen::default();
-        let mut response = match self.pipeline(peer, &request_id, request, &mut seen).await {
+        let answer = self
+            .pipeline(peer, &request_id, &trace, request, &mut seen)
+            .instrument(trace.span.clone())
+            .await;
+        let mut error_code = None;
+        let mut response = match answer {
             Ok(response) => response,
             Err(e) => {
+                error_code = Some(e.code());
                 tracing::debug!(%method, status = e.status().as_u16(), code = e.code(), request_id = ?request_id, "gateway error");
                 let mut response = e.to_response(&request_id);
                 // An error can come before the request body was read (a 401 or 429 to an
@@ -110,6 +121,7 @@ impl Gateway {
         let route = seen.route.as_ref().map_or("unmatched", |r| r.pattern());
         let status = response.status().as_u16();
         let took = started.elapsed();
+        trace.finish(status, error_code);
         metrics::server_request(method.as_str(), route, status, took);
         metrics::active_requests(-1.0);
         access::record(&access::Entry {
@@ -118,6 +130,7 @@ impl Gateway {
             status,
             took,
             request_id: request_id.to_str().unwrap_or_default(),
+            trace_id: trace.trace_id(),
             client: seen.identity.as_ref().map(|i| i.subject.as_str()),
         });
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
@@ -128,6 +141,7 @@ impl Gateway {
         &self,
         peer: SocketAddr,
         request_id: &HeaderValue,
+        trace: &RequestTrace,
         request: Request<Incoming>,
         seen: &mut Seen,
     ) -> Result<Response<Body>, GatewayError> {
@@ -163,29 +177,40 @@ impl Gateway {
         // Route match against this snapshot's table: 404 / 405 come from here.
         let route = snapshot.routes.lookup(request.method(), &path)?;
         seen.route = Some(route.clone());
+        trace.route(request.method(), route.pattern());
         let deadline = start + route.config.timeout.unwrap_or(server.request_timeout);
 
         // Authentication per the route's `auth` and `scopes`, before anything reaches a backend.
         // The client's copies of identity headers are dropped on every route, so only the
         // gateway can set them.
+        let auth_span = span!("auth", "error.type" = tracing::field::Empty);
         let identity = snapshot
             .auth
             .authenticate(&route.config, request.headers(), deadline)
+            .instrument(auth_span.clone())
             .await
-            .inspect_err(|e| metrics::auth_failure(e.code()))?;
+            .inspect_err(|e| {
+                metrics::auth_failure(e.code());
+                auth_span.record("error.type", e.code());
+            })?;
         // Who, for the access log: a token's subject or an API key's id; never the credential.
         seen.identity = identity.clone();
         // Rate limiting, per the route's policy and keyed on the identity (or the client address
         // established above): a 429 here never reaches a backend or costs it anything.
         if let Some(policy) = &route.rate_limit {
+            let limit_span = span!(
+                "rate_limit",
+                gateway.rate_limit.policy = policy.name(),
+                gateway.rate_limit.outcome = tracing::field::Empty,
+            );
             let decision = snapshot
                 .rate_limits
                 .check(policy, identity.as_deref(), &client)
+                .instrument(limit_span.clone())
                 .await;
-            metrics::rate_limit(
-                policy.name(),
-                if decision.is_ok() { "allowed" } else { "limited" },
-            );
+            let outcome = if decision.is_ok() { "allowed" } else { "limited" };
+            limit_span.record("gateway.rate_limit.outcome", outcome);
+            metrics::rate_limit(policy.name(), outcome);
             seen.rate_limit = decision?;
         }
 
@@ -203,6 +228,7 @@ impl Gateway {
             client,
             max_body_size,
             identity,
+            traceparent: trace.traceparent.clone(),
         };
         match (&route.handler, &snapshot.graphql) {
             (Handler::Proxy(upstream), _) => {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use async_graphql::Variables;
 use async_graphql::dynamic::Schema;
-use async_graphql::parser::types::{ExecutableDocument, OperationType};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use axum::body::Body as HttpBody;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -40,10 +40,11 @@ use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::ratelimit::Policy;
 use crate::snapshot::Snapshot;
-use crate::telemetry::trace::{TRACEPARENT, traceparent};
+use crate::telemetry::trace::{TRACEPARENT, span};
 use crate::upstream::Upstream;
 use cache::CallCache;
 use resolve::{Engine, RequestScope};
+use tracing::Instrument;
 
 pub use directives::DECLARATIONS;
 
@@ -345,7 +346,28 @@ impl GraphQL {
             request = request.operation_name(name);
         }
         request.set_parsed_query((*doc).clone());
-        let mut response = self.schema.execute(request.data(scope.clone())).await;
+        let operation_type = match nulls::operation(&doc, params.operation_name.as_deref()) {
+            Some(op) if op.node.ty == OperationType::Mutation => "mutation",
+            Some(op) if op.node.ty == OperationType::Subscription => "subscription",
+            _ => "query",
+        };
+        // The operation's name: the one asked for, or that of the document's only operation.
+        let operation_name = params.operation_name.as_deref().or(match &doc.operations {
+            DocumentOperations::Multiple(ops) if ops.len() == 1 => ops.keys().next().map(|n| n.as_str()),
+            _ => None,
+        });
+        let operation_span = span!(
+            "graphql",
+            otel.name = span_name(operation_type, operation_name).as_str(),
+            graphql.operation.type = operation_type,
+            graphql.operation.name = operation_name,
+            otel.status_code = tracing::field::Empty,
+        );
+        let mut response = self
+            .schema
+            .execute(request.data(scope.clone()))
+            .instrument(operation_span.clone())
+            .await;
 
         // A response without data and without a field path is a request error: the operation
         // did not run (validation, depth, complexity, an unknown operation name).
@@ -396,7 +418,10 @@ impl GraphQL {
             (false, true) => "ok",
             (false, false) => "partial",
         };
-        crate::telemetry::metrics::graphql_operation(params.operation_name.as_deref(), outcome);
+        crate::telemetry::metrics::graphql_operation(operation_name, outcome);
+        if outcome != "ok" {
+            operation_span.record("otel.status_code", "error");
+        }
         if request_failed {
             Executed::RequestError(json)
         } else {
@@ -410,7 +435,7 @@ impl GraphQL {
         let mut plain = HeaderMap::new();
         plain.insert(&X_REQUEST_ID, ctx.request_id.clone());
         // Every call joins the client's trace, or one trace of this request's own.
-        plain.insert(TRACEPARENT, traceparent(headers));
+        plain.insert(TRACEPARENT, ctx.traceparent.clone());
         for name in &PASSED_ON {
             if let Some(v) = headers.get(name) {
                 plain.insert(name.clone(), v.clone());
@@ -575,6 +600,14 @@ fn params_of(value: Value) -> Result<Params, String> {
         variables,
         operation_name,
     })
+}
+
+/// `query Name`, or `query` for an anonymous operation (OpenTelemetry's GraphQL conventions).
+fn span_name(operation_type: &str, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("{operation_type} {name}"),
+        None => operation_type.to_owned(),
+    }
 }
 
 fn is_mutation(doc: &ExecutableDocument, name: Option<&str>) -> bool {

@@ -27,7 +27,9 @@ use super::prefetch::{self, Pending};
 use super::template::{Scope, select, text_of};
 use crate::auth::Identity;
 use crate::telemetry::metrics;
+use crate::telemetry::trace::span;
 use crate::upstream::Upstream;
+use tracing::Instrument;
 
 /// What every resolver of a schema shares: the services, the response cache, and every field's
 /// plan (for prefetching; set once the schema is built).
@@ -123,6 +125,8 @@ pub struct Prepared {
     pub batch: Option<BatchMember>,
     /// When it was prepared (the call starts right after).
     pub started: Instant,
+    /// The call's span (`resolve Type.field`; a no-op unless traces are exported).
+    pub span: tracing::Span,
 }
 
 pub struct BatchMember {
@@ -395,6 +399,15 @@ pub fn prepare(
         deadline,
         batch,
         started: Instant::now(),
+        span: span!(
+            "resolve",
+            otel.name = %format_args!("resolve {}", plan.id),
+            graphql.field = %plan.id,
+            gateway.service = %call.service,
+            gateway.cache = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+        ),
     }))
 }
 
@@ -407,7 +420,24 @@ impl Prepared {
             self.rendered
                 .add_batch(&member.param, member.separator.as_deref(), &[member.value]);
         }
-        async move { cached_call(&cache, self.rendered, self.ttl, self.keep_stale, self.deadline).await }
+        let span = self.span;
+        let record = span.clone();
+        async move {
+            let outcome = cached_call(&cache, self.rendered, self.ttl, self.keep_stale, self.deadline).await;
+            if !record.is_disabled() {
+                match &outcome {
+                    Ok(got) if got.stale_because.is_some() => record.record("gateway.cache", "stale"),
+                    Ok(got) if got.cached => record.record("gateway.cache", "hit"),
+                    Ok(_) => record.record("gateway.cache", if self.ttl.is_some() { "miss" } else { "none" }),
+                    Err(e) => {
+                        record.record("otel.status_code", "error");
+                        record.record("error.type", e.code())
+                    }
+                };
+            }
+            outcome
+        }
+        .instrument(span)
     }
 }
 

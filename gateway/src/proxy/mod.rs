@@ -16,7 +16,7 @@ use crate::edge::headers::strip_hop_by_hop;
 use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::routing::Route;
-use crate::telemetry::trace::ensure_traceparent;
+use crate::telemetry::trace::TRACEPARENT;
 use crate::upstream::{ClientBodyError, Upstream, UpstreamRequest};
 
 /// Forwards `request` to `route`'s service; `path` is the normalized request path.
@@ -37,7 +37,7 @@ pub async fn forward(
     headers.remove(http::header::HOST);
     headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     // The backend joins the client's trace, or one of this request's own.
-    ensure_traceparent(headers);
+    headers.insert(TRACEPARENT, ctx.traceparent.clone());
 
     // No body at all (most GETs) means no chunked framing upstream either.
     // Its errors are marked as the client's, so the upstream layer answers 400 (or 413) and does

@@ -70,6 +70,8 @@ pub struct Entry<'a> {
     pub status: u16,
     pub took: Duration,
     pub request_id: &'a str,
+    /// The W3C trace id the request's backend calls carry.
+    pub trace_id: &'a str,
     /// The caller's subject or API key id, when authenticated.
     pub client: Option<&'a str>,
 }
@@ -84,6 +86,7 @@ struct Json<'a> {
     status: u16,
     duration_ms: f64,
     request_id: &'a str,
+    trace_id: &'a str,
     client: &'a str,
 }
 
@@ -111,6 +114,7 @@ pub fn record(entry: &Entry<'_>) {
                 status: entry.status,
                 duration_ms,
                 request_id: entry.request_id,
+                trace_id: entry.trace_id,
                 client,
             };
             if let Ok(text) = serde_json::to_string(&json) {
@@ -121,8 +125,8 @@ pub fn record(entry: &Entry<'_>) {
             // Values that could hold spaces or quotes (a client id) are quoted.
             let _ = write!(
                 buffer,
-                "{timestamp}  INFO access: method={} route={:?} status={} duration_ms={duration_ms} request_id={:?} client={:?}",
-                entry.method, entry.route, entry.status, entry.request_id, client
+                "{timestamp}  INFO access: method={} route={:?} status={} duration_ms={duration_ms} request_id={:?} trace_id={} client={:?}",
+                entry.method, entry.route, entry.status, entry.request_id, entry.trace_id, client
             );
         }
     }

@@ -1,25 +1,208 @@
-//! W3C Trace Context: every backend call carries a `traceparent`, the client's when it sent a
-//! valid one, otherwise one started for the request, so backends' logs and traces can be joined
-//! with the gateway's.
+//! Traces. W3C Trace Context always: every backend call carries a `traceparent`, the client's
+//! trace when it sent a valid one, otherwise one started for the request, so backends' logs and
+//! traces join the gateway's (and the access log names the trace).
+//!
+//! With `[telemetry] otlp_endpoint` set, the gateway also makes OpenTelemetry spans (through
+//! `tracing` and `tracing-opentelemetry`) and exports them with OTLP over HTTP: one span for the
+//! request (`GET /api/users/{id}`, kind server), `auth`, `rate_limit`, the GraphQL operation
+//! (`query Name`), one per GraphQL field that calls a backend (`resolve Query.user`), and one
+//! per upstream attempt (`GET`, kind client, whose id is the `traceparent` parent the backend
+//! sees). Spans go to a bounded queue that a thread of the SDK's batch processor exports from:
+//! a slow or dead collector never delays a request (when the queue is full, spans are dropped).
+//!
+//! Without an endpoint no span is made at all: the spans' target, `gateway::span`, is enabled for
+//! the exporter only (the log formatter never sees it), so each span macro is one cached check.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::TelemetryConfig;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// The `traceparent` calls for this request carry: the client's if valid, else a new trace.
-pub fn traceparent(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(&TRACEPARENT)
-        .filter(|v| is_traceparent(v.as_bytes()))
-        .cloned()
-        .unwrap_or_else(new_traceparent)
+/// The target of every span meant for the exporter.
+pub const TARGET: &str = "gateway::span";
+
+/// How long one export may take before the batch processor gives up on it.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the exit waits for the last spans to leave.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A span for the exporter (target [`TARGET`]); a disabled no-op without an OTLP endpoint.
+macro_rules! span {
+    ($name:literal $(, $($fields:tt)*)?) => {
+        tracing::info_span!(target: "gateway::span", $name $(, $($fields)*)?)
+    };
+}
+pub(crate) use span;
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Whether spans are being made and exported.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
-/// Sets [`traceparent`] on a request going upstream (a client's invalid one is replaced).
-pub fn ensure_traceparent(headers: &mut HeaderMap) -> HeaderValue {
-    let value = traceparent(headers);
-    headers.insert(TRACEPARENT, value.clone());
-    value
+/// The exporting layer for the process's subscriber, when `config` names a collector. The
+/// exporter is built here (not connected: a collector that is down now may be up later).
+pub fn layer<S>(
+    config: &TelemetryConfig,
+) -> Result<Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>, String>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let Some(endpoint) = &config.otlp_endpoint else {
+        return Ok(None);
+    };
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    // The exporter's client takes TLS from the process's rustls provider (an https:// collector).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(endpoint.as_str())
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|e| format!("cannot set up the OTLP exporter for {endpoint}: {e}"))?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            config.sample_ratio,
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(config.service_name.clone())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("gateway");
+    if PROVIDER.set(provider).is_err() {
+        return Err("the OTLP exporter is already set up".into());
+    }
+    EXPORTING.store(true, Ordering::Relaxed);
+    Ok(Some(
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false),
+    ))
+}
+
+/// Exports the spans still queued (at exit), waiting a bounded time for the collector.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+    }
+}
+
+/// A request's trace: its span (a no-op when not exporting) and the `traceparent` its backend
+/// calls carry (each upstream attempt replaces the parent id with its own span's when exporting).
+pub struct RequestTrace {
+    pub span: Span,
+    pub traceparent: HeaderValue,
+}
+
+impl RequestTrace {
+    /// Starts the trace of a request: the client's when its `traceparent` is valid, else a new one.
+    pub fn start(method: &Method, path: &str, headers: &HeaderMap) -> Self {
+        let given = headers.get(&TRACEPARENT).filter(|v| is_traceparent(v.as_bytes()));
+        if !exporting() {
+            return Self {
+                span: Span::none(),
+                traceparent: given.cloned().unwrap_or_else(new_traceparent),
+            };
+        }
+        let span = span!(
+            "request",
+            otel.name = %method,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %method,
+            url.path = path,
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+        );
+        if given.is_some() {
+            let parent = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+            let _ = span.set_parent(parent);
+        }
+        let traceparent = traceparent_of(&span)
+            .or_else(|| given.cloned())
+            .unwrap_or_else(new_traceparent);
+        Self { span, traceparent }
+    }
+
+    /// Names the request's span by its route's pattern, as the HTTP conventions ask.
+    pub fn route(&self, method: &Method, pattern: &str) {
+        if !self.span.is_disabled() {
+            // Started already (its context made the traceparent), so renamed on the OTel span.
+            self.span
+                .context()
+                .span()
+                .update_name(format!("{method} {pattern}"));
+            self.span.record("http.route", pattern);
+        }
+    }
+
+    /// Records the answer; a 5xx marks the span as failed.
+    pub fn finish(&self, status: u16, error: Option<&str>) {
+        if self.span.is_disabled() {
+            return;
+        }
+        self.span.record("http.response.status_code", status);
+        if status >= 500 {
+            self.span.record("otel.status_code", "error");
+            self.span.record("error.type", error.unwrap_or("5xx"));
+        }
+    }
+
+    /// The trace id, for the access log.
+    pub fn trace_id(&self) -> &str {
+        self.traceparent
+            .to_str()
+            .map_or("", |t| t.get(3..35).unwrap_or(""))
+    }
+}
+
+/// Sets `span`'s context as the `traceparent` of a request going upstream, when exporting (the
+/// request's own `traceparent` is there already otherwise).
+pub fn inject(span: &Span, headers: &mut HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(value) = traceparent_of(span) {
+        headers.insert(TRACEPARENT, value);
+    }
+}
+
+/// `span`'s context as a `traceparent`; `None` when it has none (not exporting).
+fn traceparent_of(span: &Span) -> Option<HeaderValue> {
+    let context = span.context();
+    let span_ref = context.span();
+    let sc = span_ref.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    let text = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    );
+    HeaderValue::try_from(text).ok()
 }
 
 /// `version-traceid-parentid-flags`: lower-case hex, ids not all zero, version not `ff`.
@@ -69,10 +252,12 @@ mod tests {
         let mut h = HeaderMap::new();
         let given = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         h.insert(TRACEPARENT, given.clone());
-        assert_eq!(ensure_traceparent(&mut h), given);
+        let kept = RequestTrace::start(&Method::GET, "/", &h);
+        assert_eq!(kept.traceparent, given);
+        assert_eq!(kept.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         h.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
-        let new = ensure_traceparent(&mut h);
+        let new = RequestTrace::start(&Method::GET, "/", &h).traceparent;
         assert!(is_traceparent(new.as_bytes()));
-        assert_eq!(h[TRACEPARENT], new);
+        assert_ne!(new, given);
     }
 }

@@ -41,10 +41,12 @@ use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
 use crate::snapshot::{StartOnce, spawn_background};
 use crate::telemetry::metrics;
+use crate::telemetry::trace::{self, span};
 use balance::{Balancer, InFlight, Instance, InstanceStatus};
 use breaker::{Breaker, BreakerState};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
 use retry::{Outcome, RetryPolicy};
+use tracing::Instrument;
 
 /// Sent upstream with every attempt: the milliseconds this attempt has left (the smaller of the
 /// service's `timeout` and what remains of the client's deadline), so a backend can give up when
@@ -301,6 +303,23 @@ impl Upstream {
             };
             let left = attempt_deadline.saturating_duration_since(started).as_millis() as u64;
             attempt_headers.insert(&X_REQUEST_TIMEOUT_MS, HeaderValue::from(left));
+            // The attempt's span (a no-op unless traces are exported) is the backend's parent.
+            let instance = &in_flight.instance().authority;
+            let attempt_span = span!(
+                "upstream",
+                otel.name = %method,
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                http.request.method = %method,
+                server.address = instance.host(),
+                server.port = instance.port_u16(),
+                url.path = path,
+                gateway.service = %self.name,
+                http.request.resend_count = attempt - 1,
+                http.response.status_code = tracing::field::Empty,
+                "error.type" = tracing::field::Empty,
+            );
+            trace::inject(&attempt_span, &mut attempt_headers);
             let mut outgoing = Request::new(payload.next());
             *outgoing.method_mut() = method.clone();
             *outgoing.uri_mut() = uri(in_flight.instance(), path, query)?;
@@ -310,6 +329,7 @@ impl Upstream {
                 attempt_deadline,
                 self.client.request(outgoing),
             )
+            .instrument(attempt_span.clone())
             .await
             {
                 Ok(Ok(response)) => (Outcome::Status(response.status()), Attempted::Ok(response)),
@@ -332,6 +352,15 @@ impl Upstream {
             };
             let failed = outcome.is_failure();
             metrics::client_request(&self.name, outcome.label(), started.elapsed());
+            if !attempt_span.is_disabled() {
+                if let Outcome::Status(status) = outcome {
+                    attempt_span.record("http.response.status_code", status.as_u16());
+                }
+                if failed {
+                    attempt_span.record("otel.status_code", "error");
+                    attempt_span.record("error.type", outcome.label());
+                }
+            }
             if let Some(ticket) = ticket {
                 ticket.record(
                     failed || self.breaker.as_ref().is_some_and(|b| b.is_slow(started)),
