@@ -1,3 +1,6 @@
+//! Metrics, logs and traces of the real binary (each in a process of its own, so counts are
+//! exact).
+//!
 //! Traces end to end: the real binary with `[telemetry] otlp_endpoint` pointed at a collector
 //! that is a small OTLP/HTTP (protobuf) receiver in the test. Spans arrive with the expected
 //! names, kinds and parent links, joined to the client's `traceparent`, and the backend's
@@ -106,26 +109,39 @@ fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
 }
 
 /// A backend that answers JSON and keeps the `traceparent` of every request, by path.
+/// `/fail` answers 503 and `/slow` after a second.
 async fn backend() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
     let seen: Arc<Mutex<Vec<(String, String)>>> = Default::default();
     let record = seen.clone();
-    let app = Router::new().route(
-        "/items/{id}",
-        get(
-            move |axum::extract::Path(id): axum::extract::Path<String>, headers: HeaderMap| {
-                let record = record.clone();
-                async move {
-                    let parent = headers
-                        .get("traceparent")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    record.lock().unwrap().push((id.clone(), parent));
-                    axum::Json(json!({"id": id}))
-                }
-            },
-        ),
-    );
+    let app = Router::new()
+        .route(
+            "/fail",
+            get(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/items/{id}",
+            get(
+                move |axum::extract::Path(id): axum::extract::Path<String>, headers: HeaderMap| {
+                    let record = record.clone();
+                    async move {
+                        let parent = headers
+                            .get("traceparent")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        record.lock().unwrap().push((id.clone(), parent));
+                        axum::Json(json!({"id": id}))
+                    }
+                },
+            ),
+        );
     (serve(app).await, seen)
 }
 
@@ -151,6 +167,152 @@ auth = "none"
 rate_limit = "traced"
 {extra}"#
     )
+}
+
+/// The value of the first sample of `text` that starts with `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
+}
+
+/// `GET /metrics` on the admin listener after known traffic: a 200 twice, a 429, a 404, a 504,
+/// a GraphQL cache miss then hit, and a degraded field, each counted exactly, with routes named
+/// by their patterns (never the raw path) and upstream attempts by outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_known_traffic_exactly() {
+    let (backend, _) = backend().await;
+    let admin = free_addr();
+    let schema = schema_dir(
+        r#"type Query {
+  cached: Item @http(service: "svc", path: "/items/c", cache: "60s")
+  flaky: Item @http(service: "svc", path: "/fail", fallback: "null")
+}
+type Item { id: ID! }
+"#,
+    );
+    let text = format!(
+        r#"[admin]
+listen = "{admin}"
+
+[services.svc]
+urls = ["{backend}"]
+timeout = "5s"
+
+[services.slow]
+urls = ["{backend}"]
+timeout = "200ms"
+
+[rate_limits.probe]
+requests = 2
+per = "1m"
+burst = 2
+key = "ip"
+
+[[routes]]
+path = "/items/{{id}}"
+service = "svc"
+auth = "none"
+rate_limit = "probe"
+
+[[routes]]
+path = "/slow"
+service = "slow"
+auth = "none"
+{}"#,
+        graphql_table(&schema, "")
+    );
+    let file = TempConfig::new(&text);
+    let (_proc, addr) = start(&file).await;
+    let base = format!("http://{addr}");
+    let client = client();
+    let mut statuses = Vec::new();
+    for path in ["/items/a", "/items/b", "/items/c", "/nope", "/slow"] {
+        statuses.push(
+            send_in_time(client.get(format!("{base}{path}")))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429, 404, 504]);
+    for _ in 0..2 {
+        let (status, _, body) = post_with(&client, &base, &json!({"query": "{ cached { id } }"}), &[]).await;
+        assert_eq!(
+            (status.as_u16(), &body["data"]["cached"]["id"]),
+            (200, &json!("c")),
+            "{body}"
+        );
+    }
+    let (_, _, body) = post_with(
+        &client,
+        &base,
+        &json!({"query": "query Flaky { flaky { id } }"}),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        body["extensions"]["degraded"][0]["path"],
+        json!(["flaky"]),
+        "{body}"
+    );
+
+    let metrics = send_in_time(client.get(format!("http://{admin}/metrics")))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let requests = |route: &str, status: u16| {
+        sample(
+            &metrics,
+            &format!(
+                r#"http_server_request_duration_seconds_count{{http_request_method="GET",http_route="{route}",http_response_status_code="{status}"}}"#
+            ),
+        )
+    };
+    assert_eq!(requests("/items/{id}", 200), 2.0);
+    assert_eq!(requests("/items/{id}", 429), 1.0);
+    assert_eq!(requests("unmatched", 404), 1.0);
+    assert_eq!(requests("/slow", 504), 1.0);
+    assert!(
+        !metrics.contains("/items/a") && !metrics.contains("/nope"),
+        "a raw path became a label"
+    );
+    let series = |s: &str| sample(&metrics, s);
+    assert_eq!(
+        series(r#"gateway_rate_limit_decisions_total{policy="probe",outcome="allowed"}"#),
+        2.0
+    );
+    assert_eq!(
+        series(r#"gateway_rate_limit_decisions_total{policy="probe",outcome="limited"}"#),
+        1.0
+    );
+    assert_eq!(
+        series(r#"http_client_request_duration_seconds_count{service="slow",outcome="timeout"}"#),
+        1.0
+    );
+    // The 503 behind the degraded field was retried once (a GET is safe to repeat).
+    assert_eq!(
+        series(r#"http_client_request_duration_seconds_count{service="svc",outcome="5xx"}"#),
+        2.0
+    );
+    assert_eq!(series(r#"gateway_upstream_retries_total{service="svc"}"#), 1.0);
+    assert_eq!(
+        series(r#"gateway_graphql_cache_total{cache="graphql",result="miss"}"#),
+        1.0
+    );
+    assert_eq!(
+        series(r#"gateway_graphql_cache_total{cache="graphql",result="hit"}"#),
+        1.0
+    );
+    assert_eq!(series("gateway_graphql_degraded_fields_total{"), 1.0);
+    assert_eq!(
+        series(r#"gateway_graphql_operations_total{operation="Flaky",outcome="degraded"}"#),
+        1.0
+    );
+    assert_eq!(series("http_server_active_requests"), 0.0);
 }
 
 /// Starts the binary on `config`; the batch processor exports every 100 ms so spans arrive soon.

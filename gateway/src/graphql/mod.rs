@@ -412,11 +412,17 @@ impl GraphQL {
             errors: &response.errors,
             extensions: (!extensions.is_empty()).then_some(Value::Object(extensions)),
         };
+        let degraded = body
+            .extensions
+            .as_ref()
+            .is_some_and(|e| e.get("degraded").is_some());
         let json = serde_json::to_string(&body).unwrap_or_default();
-        let outcome = match (request_failed, response.errors.is_empty()) {
-            (true, _) => "failed",
-            (false, true) => "ok",
-            (false, false) => "partial",
+        // `degraded`: complete, but a fallback stands in for a failed call somewhere.
+        let outcome = match (request_failed, response.errors.is_empty(), degraded) {
+            (true, _, _) => "failed",
+            (false, false, _) => "partial",
+            (false, true, true) => "degraded",
+            (false, true, false) => "ok",
         };
         crate::telemetry::metrics::graphql_operation(operation_name, outcome);
         if outcome != "ok" {
