@@ -17,6 +17,8 @@
 #   BENCH_SKIP_GATEWAY  1 = skip the gateway (direct and nginx only)
 #   BENCH_INSTALL       1 = apt-get install nginx and wrk when missing
 #   BENCH_KEEP_TMP      1 = keep the temp dir (configs, logs, raw wrk output)
+#   BENCH_OTLP          1 = also measure gw-otlp: spans made for every request and exported
+#                       to a collector that refuses connections (informational, no target)
 #
 # See bench/README.md for how to read the output.
 set -euo pipefail
@@ -75,10 +77,10 @@ ulimit -n 65536 2>/dev/null || true
 bench_tmp proxy
 
 # ---------------------------------------------------------------- ports
-read -r BACKEND_PORT NGINX_PORT GW_PORT < <(python3 - <<'EOF'
+read -r BACKEND_PORT NGINX_PORT GW_PORT OBS_PORT ADMIN_PORT OTLP_PORT DEAD_PORT < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(3):
+for _ in range(7):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -270,14 +272,22 @@ start_nginx() { # NAME CPU PORT
         -g 'daemon off;' >"$tmp/$name.stdout.log" 2>&1 &
     PIDS+=($!)
     wait_ready "nginx $name" "$port" "$!" "$tmp/$name.error.log"
+    NGINX_MASTER[$name]=$!
 }
+declare -A NGINX_MASTER=()
 
 start_nginx backend "$LOAD_CPU" "$BACKEND_PORT"
 start_nginx proxy "$PROXY_CPU" "$NGINX_PORT"
 
+# The proxy's one worker process, whose CPU time is measured like the gateway's.
+NGINX_WORKER=$(pgrep -P "${NGINX_MASTER[proxy]}" | head -n1)
+[[ -n $NGINX_WORKER ]] || die "cannot find the nginx proxy's worker process"
+
 TARGETS=(direct)
 declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GW_PORT
-    [gw-hs256]=$GW_PORT [gw-rs256]=$GW_PORT [gw-rlimit]=$GW_PORT [gw-resil]=$GW_PORT)
+    [gw-hs256]=$GW_PORT [gw-rs256]=$GW_PORT [gw-rlimit]=$GW_PORT [gw-resil]=$GW_PORT
+    [gw-observed]=$OBS_PORT [gw-otlp]=$OTLP_PORT)
+declare -A PID_OF=([nginx]=$NGINX_WORKER)
 declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/resil)
 declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
 GW_PID=""
@@ -288,6 +298,32 @@ if [[ $SKIP_GW != 1 ]]; then
     GW_PID=$!
     PIDS+=("$GW_PID")
     wait_ready gateway "$GW_PORT" "$GW_PID" "$tmp/gateway.log"
+    for t in gateway gw-hs256 gw-rs256 gw-rlimit gw-resil; do PID_OF[$t]=$GW_PID; done
+
+    # gw-observed: the same config with the admin listener (so the Prometheus recorder counts
+    # every request) and the access log on, on a process of its own on the same CPU.
+    sed "s/^listen = \"127.0.0.1:$GW_PORT\"/listen = \"127.0.0.1:$OBS_PORT\"/" "$tmp/gateway.toml" \
+        >"$tmp/gateway-observed.toml"
+    printf '\n[admin]\nlisten = "127.0.0.1:%s"\n' "$ADMIN_PORT" >>"$tmp/gateway-observed.toml"
+    RUST_LOG=info taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway-observed.toml" \
+        >/dev/null 2>"$tmp/gateway-observed.log" &
+    PID_OF[gw-observed]=$!
+    PIDS+=("$!")
+    wait_ready gw-observed "$OBS_PORT" "$!" "$tmp/gateway-observed.log"
+    OBSERVED=(gw-observed)
+
+    if [[ ${BENCH_OTLP:-0} == 1 ]]; then
+        # gw-otlp: every request makes its spans, exported to a port nothing listens on.
+        sed "s/^listen = \"127.0.0.1:$GW_PORT\"/listen = \"127.0.0.1:$OTLP_PORT\"/" "$tmp/gateway.toml" \
+            >"$tmp/gateway-otlp.toml"
+        printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\n' "$DEAD_PORT" >>"$tmp/gateway-otlp.toml"
+        RUST_LOG=info,access=off taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway-otlp.toml" \
+            >"$tmp/gateway-otlp.log" 2>&1 &
+        PID_OF[gw-otlp]=$!
+        PIDS+=("$!")
+        wait_ready gw-otlp "$OTLP_PORT" "$!" "$tmp/gateway-otlp.log"
+        OBSERVED+=(gw-otlp)
+    fi
     for t in gw-hs256 gw-rs256; do
         code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN_OF[$t]}" \
             "http://127.0.0.1:$GW_PORT${PATH_OF[$t]}")
@@ -295,7 +331,7 @@ if [[ $SKIP_GW != 1 ]]; then
     done
     code=$(curl -s -D - -o /dev/null "http://127.0.0.1:$GW_PORT/rl" | tr -d '\r' | grep -ci '^ratelimit:')
     [[ $code == 1 ]] || die "gw-rlimit: /rl answered without a RateLimit header (see $tmp/gateway.log)"
-    TARGETS+=(gateway gw-hs256 gw-rs256 gw-rlimit gw-resil)
+    TARGETS+=(gateway gw-hs256 gw-rs256 gw-rlimit gw-resil "${OBSERVED[@]}")
 fi
 TARGETS+=(nginx)
 
@@ -338,14 +374,15 @@ to_ms() { # "1.23ms" / "850.00us" / "1.02s" / "1.5m" -> ms
 
 # run_wrk TARGET DURATION OUTFILE ; sets WRK_RPS, WRK_P99_MS, WRK_ERRORS
 # (no subshell, so a failure here really aborts the script)
-cpu_ticks() { # the gateway's user + system CPU time, in clock ticks
-    awk '{ print $14 + $15 }' "/proc/$GW_PID/stat" 2>/dev/null || echo 0
+cpu_ticks() { # PID -> the process's user + system CPU time, in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
 run_wrk() {
     local target=$1 dur=$2 out=$3 sampler="" p99 auth=()
     local cpu0=0
-    if [[ $target == g* ]]; then rss_sampler & sampler=$!; cpu0=$(cpu_ticks); fi
+    if [[ $target == g* ]]; then rss_sampler & sampler=$!; fi
+    [[ -n ${PID_OF[$target]:-} ]] && cpu0=$(cpu_ticks "${PID_OF[$target]}")
     [[ -n ${TOKEN_OF[$target]:-} ]] && auth=(-H "Authorization: Bearer ${TOKEN_OF[$target]}")
     if ! taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency "${auth[@]}" \
         "http://127.0.0.1:${PORT_OF[$target]}${PATH_OF[$target]:-/}" >"$out" 2>&1; then
@@ -359,8 +396,8 @@ run_wrk() {
     # The gateway's CPU time per request (user + system, from /proc): far less sensitive to a
     # noisy machine than requests/s, since it does not count the time the proxy waited.
     WRK_CPU_US=0
-    if [[ $target == g* ]]; then
-        WRK_CPU_US=$(awk -v t0="$cpu0" -v t1="$(cpu_ticks)" -v hz="$(getconf CLK_TCK)" \
+    if [[ -n ${PID_OF[$target]:-} ]]; then
+        WRK_CPU_US=$(awk -v t0="$cpu0" -v t1="$(cpu_ticks "${PID_OF[$target]}")" -v hz="$(getconf CLK_TCK)" \
             '/requests in/ { printf "%.2f", (t1 - t0) / hz * 1e6 / $1 }' "$out")
     fi
     WRK_RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
@@ -394,6 +431,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US" >>"$RESULTS"
     done
 done
+
+if [[ -n ${PID_OF[gw-observed]:-} ]]; then
+    # The observed gateway really counted and logged: its metrics and access lines are there.
+    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -q '^http_server_request_duration_seconds_count{' ||
+        die "gw-observed: /metrics has no request counts (see $tmp/gateway-observed.log)"
+    grep -q ' access: ' "$tmp/gateway-observed.log" ||
+        die "gw-observed: no access lines in $tmp/gateway-observed.log"
+fi
 
 GW_RSS_LOAD=$(<"$RSS_MAX_FILE")
 GW_RSS_AFTER=0
@@ -436,12 +481,19 @@ if "gateway" in med:
     load = int(rss_load) / 1024
     print(f"ratio gateway/nginx req/s: {rps_ratio:.2f} (target >= 1.00)  {verdict(rps_ratio >= 1.0)}")
     print(f"ratio gateway/nginx p99: {p99_ratio:.2f}")
+    if cpu["nginx"] and cpu["gateway"]:
+        # CPU per request, nginx's cost / the gateway's: the same comparison, steadier on a
+        # shared machine (>= 1.00 means the gateway does a request with less CPU).
+        print(f"ratio by CPU per request nginx/gateway: {cpu['nginx']:.2f} / {cpu['gateway']:.2f} us "
+              f"= {cpu['nginx'] / cpu['gateway']:.2f}; cheapest rounds "
+              f"{cpu_best['nginx'] / cpu_best['gateway']:.2f}")
     print(f"p99 added over direct: gateway {gw_added:.2f} ms, nginx {nginx_added:.2f} ms "
           f"(target <= 1 ms)  {verdict(gw_added <= 1.0)}")
     print(f"gateway RSS idle: {idle:.1f} MiB (target <= 20), under load: {load:.1f} MiB "
           f"(target <= 50)  {verdict(idle <= 20 and load <= 50)}")
     print(f"gateway RSS after load: {int(rss_after) / 1024:.1f} MiB")
-    for t, target in (("gw-hs256", 0.9), ("gw-rs256", 0.9), ("gw-rlimit", 0.95), ("gw-resil", 0.95)):
+    for t, target in (("gw-hs256", 0.9), ("gw-rs256", 0.9), ("gw-rlimit", 0.95), ("gw-resil", 0.95),
+                      ("gw-observed", 0.95), ("gw-otlp", 0.0)):
         if t in med:
             ratio = med[t][0] / gw[0] if gw[0] else float("nan")
             print(f"ratio {t}/gateway req/s: {ratio:.2f} (target >= {target:.2f})  {verdict(ratio >= target)}")

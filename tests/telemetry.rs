@@ -193,8 +193,12 @@ async fn metrics_count_known_traffic_exactly() {
 type Item { id: ID! }
 "#,
     );
+    // One worker: the current-thread runtime, which the benchmarks use, serves this test.
     let text = format!(
-        r#"[admin]
+        r#"[server]
+worker_threads = 1
+
+[admin]
 listen = "{admin}"
 
 [services.svc]

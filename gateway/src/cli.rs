@@ -240,10 +240,17 @@ fn snapshot_with_listen(mut snapshot: Snapshot, listen: Option<SocketAddr>) -> S
 }
 
 /// Builds the runtime `[server] worker_threads` asks for.
+/// One worker is tokio's current-thread scheduler: every task on the thread that accepts, with
+/// no cross-thread wake-ups or work-stealing queues (measured cheaper per request than a
+/// one-worker multi-thread runtime; see bench/README.md).
 fn run_runtime(worker_threads: usize, f: impl FnOnce(tokio::runtime::Runtime) -> ExitCode) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = if worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all();
-    if worker_threads > 0 {
+    if worker_threads > 1 {
         builder.worker_threads(worker_threads);
     }
     match builder.build() {

@@ -125,8 +125,8 @@ pub struct Prepared {
     pub batch: Option<BatchMember>,
     /// When it was prepared (the call starts right after).
     pub started: Instant,
-    /// The call's span (`resolve Type.field`; a no-op unless traces are exported).
-    pub span: tracing::Span,
+    /// `Type.field`, for the call's span.
+    pub field: String,
 }
 
 pub struct BatchMember {
@@ -399,15 +399,7 @@ pub fn prepare(
         deadline,
         batch,
         started: Instant::now(),
-        span: span!(
-            "resolve",
-            otel.name = %format_args!("resolve {}", plan.id),
-            graphql.field = %plan.id,
-            gateway.service = %call.service,
-            gateway.cache = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            "error.type" = tracing::field::Empty,
-        ),
+        field: plan.id.clone(),
     }))
 }
 
@@ -420,7 +412,16 @@ impl Prepared {
             self.rendered
                 .add_batch(&member.param, member.separator.as_deref(), &[member.value]);
         }
-        let span = self.span;
+        // The call's span (a no-op unless traces are exported), a child of the current one.
+        let span = span!(
+            "resolve",
+            otel.name = %format_args!("resolve {}", self.field),
+            graphql.field = %self.field,
+            gateway.service = self.rendered.upstream.name(),
+            gateway.cache = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+        );
         let record = span.clone();
         async move {
             let outcome = cached_call(&cache, self.rendered, self.ttl, self.keep_stale, self.deadline).await;

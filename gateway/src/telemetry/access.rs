@@ -25,6 +25,8 @@ const BACKLOG: usize = 16 << 20;
 struct Sink {
     format: LogFormat,
     buffer: Mutex<String>,
+    /// The buffer being written out (held by the writer).
+    spare: Mutex<String>,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -37,6 +39,7 @@ pub fn init(format: LogFormat) -> bool {
     let sink = Sink {
         format,
         buffer: Mutex::new(String::new()),
+        spare: Mutex::new(String::new()),
     };
     if SINK.set(sink).is_err() {
         return true;
@@ -55,11 +58,18 @@ pub fn init(format: LogFormat) -> bool {
 /// Writes out every line so far (also called when the process ends).
 pub fn flush() {
     let Some(sink) = SINK.get() else { return };
-    let lines = std::mem::take(&mut *sink.buffer.lock().unwrap_or_else(|e| e.into_inner()));
-    if !lines.is_empty() {
+    // Two buffers take turns: requests fill one while the other is written, and both keep their
+    // capacity, so a busy log never regrows (and copies) its buffer from empty.
+    let mut spare = sink.spare.lock().unwrap_or_else(|e| e.into_inner());
+    std::mem::swap(
+        &mut *spare,
+        &mut *sink.buffer.lock().unwrap_or_else(|e| e.into_inner()),
+    );
+    if !spare.is_empty() {
         let mut out = std::io::stderr().lock();
-        let _ = out.write_all(lines.as_bytes());
+        let _ = out.write_all(spare.as_bytes());
         let _ = out.flush();
+        spare.clear();
     }
 }
 
@@ -96,7 +106,7 @@ pub fn record(entry: &Entry<'_>) {
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return;
     }
-    let timestamp = timestamp();
+    let now = humantime::format_rfc3339_millis(SystemTime::now());
     let duration_ms = (entry.took.as_secs_f64() * 1e6).round() / 1e3;
     let client = entry.client.unwrap_or("-");
     let mut buffer = sink.buffer.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,7 +116,7 @@ pub fn record(entry: &Entry<'_>) {
     match sink.format {
         LogFormat::Json => {
             let json = Json {
-                timestamp: &timestamp,
+                timestamp: &now.to_string(),
                 level: "INFO",
                 target: "access",
                 method: entry.method,
@@ -125,15 +135,10 @@ pub fn record(entry: &Entry<'_>) {
             // Values that could hold spaces or quotes (a client id) are quoted.
             let _ = write!(
                 buffer,
-                "{timestamp}  INFO access: method={} route={:?} status={} duration_ms={duration_ms} request_id={:?} trace_id={} client={:?}",
+                "{now}  INFO access: method={} route={:?} status={} duration_ms={duration_ms} request_id={:?} trace_id={} client={:?}",
                 entry.method, entry.route, entry.status, entry.request_id, entry.trace_id, client
             );
         }
     }
     buffer.push('\n');
-}
-
-/// `2026-12-02T06:00:00.123Z`.
-fn timestamp() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }

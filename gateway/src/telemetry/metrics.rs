@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::upstream::ServiceStatus;
@@ -20,6 +20,9 @@ use crate::upstream::breaker::BreakerState;
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// How often queued histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -35,7 +38,21 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new().set_buckets(&BUCKETS).ok()?;
             match builder.install_recorder() {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    // Histogram samples queue up until drained into their buckets: without this,
+                    // a gateway nobody scrapes would keep every sample (memory growing with each
+                    // request, and fresh pages to fault in).
+                    let upkeep = handle.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(UPKEEP_EVERY);
+                                upkeep.run_upkeep();
+                            }
+                        });
+                    Some(handle)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot install the metrics recorder; /metrics stays empty");
                     None
@@ -66,12 +83,15 @@ pub fn server_request(method: &str, route: &str, status: u16, took: Duration) {
     if !recording() {
         return;
     }
-    histogram!(
-        "http_server_request_duration_seconds",
-        "http_request_method" => method.to_owned(),
-        "http_route" => route.to_owned(),
-        "http_response_status_code" => status.to_string(),
-    )
+    let method = method_label(method);
+    series(0, method, route, status, || {
+        histogram!(
+            "http_server_request_duration_seconds",
+            "http_request_method" => method,
+            "http_route" => route.to_owned(),
+            "http_response_status_code" => status.to_string(),
+        )
+    })
     .record(took.as_secs_f64());
 }
 
@@ -79,7 +99,14 @@ pub fn server_request(method: &str, route: &str, status: u16, took: Duration) {
 pub fn active_requests(delta: f64) {
     // Not skipped without a recorder (it builds no labels), so a recorder installed while
     // requests are in flight never sees their decrement without their increment.
-    gauge!("http_server_active_requests").increment(delta);
+    static ACTIVE: OnceLock<metrics::Gauge> = OnceLock::new();
+    match ACTIVE.get() {
+        Some(gauge) => gauge.increment(delta),
+        None if recording() => ACTIVE
+            .get_or_init(|| gauge!("http_server_active_requests"))
+            .increment(delta),
+        None => gauge!("http_server_active_requests").increment(delta),
+    }
 }
 
 /// One attempt to a backend: `outcome` is ok, timeout, connect_error, reset, 5xx, 4xx...
@@ -87,12 +114,48 @@ pub fn client_request(service: &str, outcome: &'static str, took: Duration) {
     if !recording() {
         return;
     }
-    histogram!(
-        "http_client_request_duration_seconds",
-        "service" => service.to_owned(),
-        "outcome" => outcome,
-    )
+    series(1, service, outcome, 0, || {
+        histogram!(
+            "http_client_request_duration_seconds",
+            "service" => service.to_owned(),
+            "outcome" => outcome,
+        )
+    })
     .record(took.as_secs_f64());
+}
+
+/// OpenTelemetry's rule for `http.request.method`: the standard methods, else `_OTHER` (a client
+/// inventing methods must not grow the label set).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("_OTHER")
+}
+
+/// The histogram of one series (`kind` tells the metric apart, then its label values), kept per
+/// thread once made: a request then costs one hash of its label values, where `histogram!` would
+/// copy them into a key and look it up in the registry under a lock.
+fn series(kind: u8, a: &str, b: &str, n: u16, make: impl FnOnce() -> Histogram) -> Histogram {
+    use std::cell::RefCell;
+    use std::hash::BuildHasher;
+    type Entry = (u8, Box<str>, Box<str>, u16, Histogram);
+    thread_local! {
+        static CACHE: RefCell<foldhash::HashMap<u64, Vec<Entry>>> = RefCell::default();
+    }
+    let hash = foldhash::fast::FixedState::with_seed(0).hash_one((kind, a, b, n));
+    CACHE.with_borrow_mut(|cache| {
+        let entries = cache.entry(hash).or_default();
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e.0 == kind && &*e.1 == a && &*e.2 == b && e.3 == n)
+        {
+            return e.4.clone();
+        }
+        let histogram = make();
+        entries.push((kind, a.into(), b.into(), n, histogram.clone()));
+        histogram
+    })
 }
 
 /// A request refused before any attempt: circuit_open, overloaded (bulkhead), no_healthy.
@@ -187,6 +250,14 @@ fn operation_label(name: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_set_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("FOO"), "_OTHER");
+        assert_eq!(method_label("get"), "_OTHER");
+    }
 
     #[test]
     fn operation_labels_are_bounded() {
