@@ -766,6 +766,37 @@ async fn the_admin_api_is_not_on_the_public_port() {
     );
 }
 
+/// The admin listener, like the public one, cuts off a client that never finishes its request
+/// head (`header_read_timeout`) instead of holding the connection forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_cuts_off_a_client_that_never_finishes_its_headers() {
+    let backend = Backend::start(200).await;
+    let toml = format!(
+        "[server]\nheader_read_timeout = \"300ms\"\n\n{}",
+        config(&backend.url, "")
+    );
+    let live = Live::start(&toml, false).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    gateway::admin::spawn(listener, live.reloader.clone());
+    let response = send_in_time(live.client.get(format!("http://{addr}/healthz"))).await;
+    assert_eq!(response.status(), 200);
+    let outcome = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-Slow: ")
+            .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .map(|_| String::from_utf8_lossy(&buf).into_owned())
+    })
+    .await
+    .unwrap();
+    let reply = outcome.expect("the admin listener kept the slow connection open");
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 408"), "{reply}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_appear_in_admin_config() {
     const JWT_SECRET: &str = "a-literal-hs256-secret-0123456789abcdef";

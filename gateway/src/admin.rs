@@ -41,10 +41,18 @@ pub fn router(reloader: Arc<Reloader>) -> Router {
         .with_state(reloader)
 }
 
-/// Serves the admin API on `listener` until the process ends.
+/// Connections the admin listener keeps open at once.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin API on `listener` until the process ends, cutting off a client that does
+/// not send its request head within the public listener's `header_read_timeout`.
 pub fn spawn(listener: TcpListener, reloader: Arc<Reloader>) {
+    let header_read_timeout = reloader.gateway().snapshot().config.server.header_read_timeout;
+    let router = router(reloader);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(reloader)).await {
+        let served =
+            crate::server::serve_router(listener, router, header_read_timeout, MAX_CONNECTIONS).await;
+        if let Err(e) = served {
             tracing::error!(error = %e, "the admin listener failed");
         }
     });

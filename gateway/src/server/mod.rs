@@ -1,5 +1,5 @@
 //! The listener: accepts TCP connections and serves HTTP/1.1 and h2c (prior knowledge) on them
-//! with hyper-util, then drains on shutdown.
+//! with hyper-util, then drains on shutdown. The admin API's listener is served the same way.
 //!
 //! Not `axum::serve`: it has no header-read timeout, so a slowloris client that never finishes its
 //! headers would hold a connection forever. Here hyper cuts it off after `header_read_timeout`,
@@ -13,10 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
@@ -30,29 +33,98 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let server = gateway.snapshot().config.server.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30));
-
     let max_connections = if server.max_connections == 0 {
         Semaphore::MAX_PERMITS
     } else {
         server.max_connections
     };
-    let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    let handler = gateway.clone();
+    accept(
+        listener,
+        &builder(server.header_read_timeout),
+        max_connections,
+        &graceful,
+        shutdown,
+        move |peer| {
+            let gateway = handler.clone();
+            service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(peer, request).await) }
+            })
+        },
+    )
+    .await?;
 
+    // The listener is closed: new clients are refused instead of queueing behind the drain.
+    gateway.start_draining();
+    tracing::info!(grace = ?server.shutdown_timeout, "shutting down: finishing in-flight requests");
+    match tokio::time::timeout(server.shutdown_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("grace period over: closing the connections still open"),
+    }
+    Ok(())
+}
+
+/// Serves `router` (the admin API) on `listener` for the life of the process, with the same
+/// header-read timeout as the public listener and at most `max_connections` at once.
+pub async fn serve_router(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    max_connections: usize,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    accept(
+        listener,
+        &builder(header_read_timeout),
+        max_connections,
+        &graceful,
+        std::future::pending(),
+        move |_| TowerToHyperService::new(router.clone()),
+    )
+    .await
+}
+
+/// HTTP/1.1 with a header-read timeout, and h2c.
+fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
+    builder
+}
+
+/// Accepts connections until `shutdown`, each served by `service(peer)` in a task of its own
+/// and watched by `graceful`; at most `max_connections` are open at once. The listener is
+/// closed on return.
+async fn accept<S, B>(
+    listener: TcpListener,
+    builder: &auto::Builder<TokioExecutor>,
+    max_connections: usize,
+    graceful: &GracefulShutdown,
+    shutdown: impl Future<Output = ()> + Send,
+    service: impl Fn(SocketAddr) -> S,
+) -> io::Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.map_err(io::Error::other)?,
-            () = &mut shutdown => break,
+            () = &mut shutdown => return Ok(()),
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -65,17 +137,12 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let service = service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(peer, request).await) }
-        });
         let connection = graceful.watch(
             builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service(peer))
                 .into_owned(),
         );
         tokio::spawn(async move {
@@ -85,16 +152,6 @@ pub async fn serve(
             drop(slot);
         });
     }
-
-    // Stop accepting now: new clients are refused instead of queueing behind the drain.
-    drop(listener);
-    gateway.start_draining();
-    tracing::info!(grace = ?server.shutdown_timeout, "shutting down: finishing in-flight requests");
-    match tokio::time::timeout(server.shutdown_timeout, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!("grace period over: closing the connections still open"),
-    }
-    Ok(())
 }
 
 /// A gateway serving in the background, for tests and `gateway demo`.
