@@ -563,6 +563,48 @@ on = ["connect", "404"]
     }
 
     #[test]
+    fn telemetry_settings_are_checked() {
+        let config = parse_str(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nservice_name = \"edge\"\nsample_ratio = 0.25\n",
+        )
+        .unwrap();
+        let t = &config.telemetry;
+        assert_eq!(
+            t.otlp_endpoint.as_ref().unwrap().as_str(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!((t.service_name.as_str(), t.sample_ratio), ("edge", 0.25));
+        let kept =
+            parse_str("[telemetry]\notlp_endpoint = \"https://otel.example/custom/traces\"\n").unwrap();
+        assert_eq!(
+            kept.telemetry.otlp_endpoint.unwrap().as_str(),
+            "https://otel.example/custom/traces",
+            "a URL with a path is used as written"
+        );
+        assert_eq!(TelemetryConfig::default().otlp_endpoint, None, "off by default");
+
+        let err = parse_str(
+            "[telemetry]\notlp_endpoint = \"http://user:pw@collector:4318\"\nservice_name = \" \"\nsample_ratio = 1.5\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "routes.toml:2:17: error: `otlp_endpoint` = \"http://user:pw@collector:4318\" must not carry credentials",
+            "routes.toml:3:16: error: `service_name` must not be empty",
+            "routes.toml:4:16: error: `sample_ratio` must be between 0.0 and 1.0",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+        let err = parse_str("[telemetry]\notlp_endpoint = \"grpc://collector:4317\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must use http:// or https:// (OTLP over HTTP)"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn missing_environment_variables_are_errors() {
         let err = parse_str("[services.a]\nurls = [\"${A_URL}\"]\n")
             .unwrap_err()
