@@ -75,9 +75,11 @@ pub async fn serve_router(
     max_connections: usize,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
+    // HTTP/1 only: the version sniffing of the auto builder waits for a first byte with no
+    // timer, so a client sending nothing would hold one of the few slots forever.
     accept(
         listener,
-        &builder(header_read_timeout),
+        &builder(header_read_timeout).http1_only(),
         max_connections,
         &graceful,
         std::future::pending(),

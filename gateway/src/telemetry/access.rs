@@ -5,7 +5,7 @@
 //! nothing wakes per line. When the buffer is full (the writer cannot keep up), lines are dropped
 //! rather than requests delayed.
 //!
-//! It is on when the log filter enables target `access` at `info` (the default);
+//! It is on when the log filter enables target `access` at `info` (the default; decided at start);
 //! `RUST_LOG=info,access=off` turns it off. Lines never hold credentials.
 
 use std::fmt::Write as _;
@@ -31,9 +31,13 @@ struct Sink {
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
-/// Starts the writer thread (once per process); `false` when it cannot be started.
+/// Starts the writer thread (once per process, after the logger is installed) when the log
+/// filter enables target `access`; `false` when it cannot be started.
 pub fn init(format: LogFormat) -> bool {
-    if SINK.get().is_some() {
+    // Asked once: the filter does not change while the process runs, and asking per request
+    // would cost every request a filter check (and, with per-layer filters, leave a stale
+    // per-thread verdict behind for the next event).
+    if SINK.get().is_some() || !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return true;
     }
     let sink = Sink {
@@ -103,9 +107,6 @@ struct Json<'a> {
 /// Queues the line of `entry`, if the access log is on.
 pub fn record(entry: &Entry<'_>) {
     let Some(sink) = SINK.get() else { return };
-    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-        return;
-    }
     let now = humantime::format_rfc3339_millis(SystemTime::now());
     let duration_ms = (entry.took.as_secs_f64() * 1e6).round() / 1e3;
     let client = entry.client.unwrap_or("-");

@@ -29,8 +29,9 @@ pub struct LogGuard {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        trace::shutdown();
+        // The access lines first: the exporter may wait for a collector that is down.
         super::access::flush();
+        trace::shutdown();
     }
 }
 

@@ -126,7 +126,7 @@ pub fn client_request(service: &str, outcome: &'static str, took: Duration) {
 
 /// OpenTelemetry's rule for `http.request.method`: the standard methods, else `_OTHER` (a client
 /// inventing methods must not grow the label set).
-fn method_label(method: &str) -> &'static str {
+pub fn method_label(method: &str) -> &'static str {
     const KNOWN: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
     ];

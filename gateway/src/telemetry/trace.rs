@@ -126,10 +126,10 @@ impl RequestTrace {
         }
         let span = span!(
             "request",
-            otel.name = %method,
+            otel.name = super::metrics::method_label(method.as_str()),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
-            http.request.method = %method,
+            http.request.method = super::metrics::method_label(method.as_str()),
             url.path = path,
             http.route = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
@@ -149,10 +149,10 @@ impl RequestTrace {
     pub fn route(&self, method: &Method, pattern: &str) {
         if !self.span.is_disabled() {
             // Started already (its context made the traceparent), so renamed on the OTel span.
-            self.span
-                .context()
-                .span()
-                .update_name(format!("{method} {pattern}"));
+            self.span.context().span().update_name(format!(
+                "{} {pattern}",
+                super::metrics::method_label(method.as_str())
+            ));
             self.span.record("http.route", pattern);
         }
     }

@@ -307,10 +307,10 @@ impl Upstream {
             let instance = &in_flight.instance().authority;
             let attempt_span = span!(
                 "upstream",
-                otel.name = %method,
+                otel.name = metrics::method_label(method.as_str()),
                 otel.kind = "client",
                 otel.status_code = tracing::field::Empty,
-                http.request.method = %method,
+                http.request.method = metrics::method_label(method.as_str()),
                 server.address = instance.host(),
                 server.port = instance.port_u16(),
                 url.path = path,
