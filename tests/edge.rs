@@ -509,6 +509,40 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(reply.is_empty() || first_status(&reply) == 408, "{reply}");
 }
 
+/// Before its first byte the listener does not know HTTP/1 from h2c, and hyper's header timer has
+/// not started: a client that sends nothing, or half of the HTTP/2 preface, is cut off all the same.
+#[tokio::test]
+async fn a_client_that_sends_nothing_or_half_a_preface_is_cut_off() {
+    let users = demo(USERS).await;
+    let gw = gateway(&format!(
+        "[server]\nheader_read_timeout = \"300ms\"\n{}",
+        one_route(&users.url(), "")
+    ))
+    .await;
+    let addr = gw.addr;
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let outcome = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(sent).unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).map(|_| buf.len())
+        })
+        .await
+        .unwrap();
+        // Closed with unread bytes, the socket is reset: also cut off.
+        let cut_off = match &outcome {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(
+            cut_off,
+            "the gateway kept a connection that sent {sent:?} open: {outcome:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn request_smuggling_attempts_are_refused() {
     let hits = Arc::new(AtomicUsize::new(0));

@@ -43,6 +43,7 @@ pub async fn serve(
     accept(
         listener,
         &builder(server.header_read_timeout),
+        server.header_read_timeout,
         max_connections,
         &graceful,
         shutdown,
@@ -80,6 +81,7 @@ pub async fn serve_router(
     accept(
         listener,
         &builder(header_read_timeout).http1_only(),
+        header_read_timeout,
         max_connections,
         &graceful,
         std::future::pending(),
@@ -103,11 +105,14 @@ fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts connections until `shutdown`, each served by `service(peer)` in a task of its own
-/// and watched by `graceful`; at most `max_connections` are open at once. The listener is
-/// closed on return.
+/// and watched by `graceful`; at most `max_connections` are open at once. A connection's first
+/// bytes must tell its protocol within `first_byte` (see [`first_bytes`]; hyper's
+/// `header_read_timeout` starts after). The listener is closed on return, and connections still
+/// waiting for their first bytes are dropped.
 async fn accept<S, B>(
     listener: TcpListener,
     builder: &auto::Builder<TokioExecutor>,
+    first_byte: Duration,
     max_connections: usize,
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()> + Send,
@@ -122,11 +127,15 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
-    loop {
+    let result = loop {
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.map_err(io::Error::other)?,
-            () = &mut shutdown => return Ok(()),
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(e) => break Err(io::Error::other(e)),
+            },
+            () = &mut shutdown => break Ok(()),
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -139,21 +148,46 @@ where
                     continue;
                 }
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service(peer))
-                .into_owned(),
-        );
+        let (watcher, builder, service) = (graceful.watcher(), builder.clone(), service(peer));
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let spoke = tokio::select! {
+                spoke = first_bytes(&stream, first_byte) => spoke,
+                _ = stopped.wait_for(|stopping| *stopping) => false,
+            };
+            if spoke {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
             }
             drop(slot);
         });
-    }
+    };
+    let _ = stopping.send(true);
+    result
+}
+
+/// Waits until a new connection's first bytes tell HTTP/1 from the h2c preface (what the auto
+/// builder sniffs, with no timer of its own); `false` when they do not within `within`, or the
+/// client closed. Peeks, so hyper still reads everything. A partial preface (legitimate clients
+/// send it whole) is peeked again every 10 ms rather than spun on.
+async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let sniffed = async {
+        let mut buf = [0; 24];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(within, sniffed).await.unwrap_or(false)
 }
 
 /// A gateway serving in the background, for tests and `gateway demo`.
