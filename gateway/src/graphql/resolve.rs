@@ -531,7 +531,10 @@ async fn cached_call(
     }
     // Without `cache`, a response is still kept (never fresh) for the stale fallback.
     let store_for = Some(ttl.unwrap_or(Duration::ZERO));
-    let shared = cache.single_flight(key.clone(), store_for, rendered.send(deadline));
+    // The shared call runs in its creator's span, whichever waiter happens to drive it: its
+    // attempts (and the `traceparent` the backend sees) belong to the request that made it.
+    let call = rendered.send(deadline).instrument(tracing::Span::current());
+    let shared = cache.single_flight(key.clone(), store_for, call);
     // A waiter whose own deadline is shorter than the call's stops waiting at its deadline.
     let result = tokio::time::timeout_at(deadline, shared)
         .await
