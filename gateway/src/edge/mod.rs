@@ -177,7 +177,7 @@ impl Gateway {
         // Route match against this snapshot's table: 404 / 405 come from here.
         let route = snapshot.routes.lookup(request.method(), &path)?;
         seen.route = Some(route.clone());
-        trace.route(request.method(), route.pattern());
+        trace.route(route.pattern());
         let deadline = start + route.config.timeout.unwrap_or(server.request_timeout);
 
         // Authentication per the route's `auth` and `scopes`, before anything reaches a backend.

@@ -336,7 +336,8 @@ impl GraphQL {
             Ok(doc) => doc,
             Err(body) => return Executed::RequestError(body),
         };
-        if over_get && is_mutation(&doc, params.operation_name.as_deref()) {
+        let operation_ty = nulls::operation(&doc, params.operation_name.as_deref()).map(|op| op.node.ty);
+        if over_get && operation_ty == Some(OperationType::Mutation) {
             return Executed::MutationOverGet;
         }
         let scope = Arc::new(scope);
@@ -346,9 +347,9 @@ impl GraphQL {
             request = request.operation_name(name);
         }
         request.set_parsed_query((*doc).clone());
-        let operation_type = match nulls::operation(&doc, params.operation_name.as_deref()) {
-            Some(op) if op.node.ty == OperationType::Mutation => "mutation",
-            Some(op) if op.node.ty == OperationType::Subscription => "subscription",
+        let operation_type = match operation_ty {
+            Some(OperationType::Mutation) => "mutation",
+            Some(OperationType::Subscription) => "subscription",
             _ => "query",
         };
         // The operation's name: the one asked for, or that of the document's only operation.
@@ -614,10 +615,6 @@ fn span_name(operation_type: &str, name: Option<&str>) -> String {
         Some(name) => format!("{operation_type} {name}"),
         None => operation_type.to_owned(),
     }
-}
-
-fn is_mutation(doc: &ExecutableDocument, name: Option<&str>) -> bool {
-    nulls::operation(doc, name).is_some_and(|op| op.node.ty == OperationType::Mutation)
 }
 
 fn request_error(code: &str, message: &str) -> String {

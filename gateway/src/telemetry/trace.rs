@@ -14,7 +14,6 @@
 //! the exporter only (the log formatter never sees it), so each span macro is one cached check.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -45,12 +44,11 @@ macro_rules! span {
 }
 pub(crate) use span;
 
-static EXPORTING: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
 /// Whether spans are being made and exported.
 pub fn exporting() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
+    PROVIDER.get().is_some()
 }
 
 /// The exporting layer for the process's subscriber, when `config` names a collector. The
@@ -89,7 +87,6 @@ where
     if PROVIDER.set(provider).is_err() {
         return Err("the OTLP exporter is already set up".into());
     }
-    EXPORTING.store(true, Ordering::Relaxed);
     Ok(Some(
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
@@ -112,24 +109,28 @@ pub fn shutdown() {
 pub struct RequestTrace {
     pub span: Span,
     pub traceparent: HeaderValue,
+    /// The request's method as spans name it (`_OTHER` outside the standard set).
+    method: &'static str,
 }
 
 impl RequestTrace {
     /// Starts the trace of a request: the client's when its `traceparent` is valid, else a new one.
     pub fn start(method: &Method, path: &str, headers: &HeaderMap) -> Self {
         let given = headers.get(&TRACEPARENT).filter(|v| is_traceparent(v.as_bytes()));
+        let method = super::metrics::method_label(method.as_str());
         if !exporting() {
             return Self {
                 span: Span::none(),
                 traceparent: given.cloned().unwrap_or_else(new_traceparent),
+                method,
             };
         }
         let span = span!(
             "request",
-            otel.name = super::metrics::method_label(method.as_str()),
+            otel.name = method,
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
-            http.request.method = super::metrics::method_label(method.as_str()),
+            http.request.method = method,
             url.path = path,
             http.route = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
@@ -142,17 +143,21 @@ impl RequestTrace {
         let traceparent = traceparent_of(&span)
             .or_else(|| given.cloned())
             .unwrap_or_else(new_traceparent);
-        Self { span, traceparent }
+        Self {
+            span,
+            traceparent,
+            method,
+        }
     }
 
     /// Names the request's span by its route's pattern, as the HTTP conventions ask.
-    pub fn route(&self, method: &Method, pattern: &str) {
+    pub fn route(&self, pattern: &str) {
         if !self.span.is_disabled() {
             // Started already (its context made the traceparent), so renamed on the OTel span.
-            self.span.context().span().update_name(format!(
-                "{} {pattern}",
-                super::metrics::method_label(method.as_str())
-            ));
+            self.span
+                .context()
+                .span()
+                .update_name(format!("{} {pattern}", self.method));
             self.span.record("http.route", pattern);
         }
     }
