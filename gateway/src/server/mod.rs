@@ -42,7 +42,6 @@ pub async fn serve(
     let handler = gateway.clone();
     accept(
         listener,
-        &builder(server.header_read_timeout),
         server.header_read_timeout,
         max_connections,
         &graceful,
@@ -76,11 +75,8 @@ pub async fn serve_router(
     max_connections: usize,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
-    // HTTP/1 only: the version sniffing of the auto builder waits for a first byte with no
-    // timer, so a client sending nothing would hold one of the few slots forever.
     accept(
         listener,
-        &builder(header_read_timeout).http1_only(),
         header_read_timeout,
         max_connections,
         &graceful,
@@ -106,13 +102,12 @@ fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 
 /// Accepts connections until `shutdown`, each served by `service(peer)` in a task of its own
 /// and watched by `graceful`; at most `max_connections` are open at once. A connection's first
-/// bytes must tell its protocol within `first_byte` (see [`first_bytes`]; hyper's
-/// `header_read_timeout` starts after). The listener is closed on return, and connections still
-/// waiting for their first bytes are dropped.
+/// bytes must tell its protocol within `header_read_timeout` (see [`first_bytes`]), then hyper
+/// gives an HTTP/1 request head as long again. The listener is closed on return, and
+/// connections still waiting for their first bytes are dropped.
 async fn accept<S, B>(
     listener: TcpListener,
-    builder: &auto::Builder<TokioExecutor>,
-    first_byte: Duration,
+    header_read_timeout: Duration,
     max_connections: usize,
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()> + Send,
@@ -126,6 +121,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let builder = builder(header_read_timeout);
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
@@ -155,7 +151,7 @@ where
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let spoke = tokio::select! {
-                spoke = first_bytes(&stream, first_byte) => spoke,
+                spoke = first_bytes(&stream, header_read_timeout) => spoke,
                 _ = stopped.wait_for(|stopping| *stopping) => false,
             };
             if spoke {
