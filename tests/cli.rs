@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use common::process::{BIN, Proc, START_DEADLINE, TempConfig, free_addr};
+use common::process::{BIN, Proc, START_DEADLINE, TempConfig, free_addr, run_command};
 use common::{USERS, client, demo, demo_token, error_body};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -36,13 +36,7 @@ fn check(path: &Path, env_remove: &[&str]) -> (ExitStatus, String, String) {
 
 /// `gateway-cli run --config <config> --listen <addr>`.
 fn run(config: &TempConfig, addr: SocketAddr) -> Proc {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(config.path())
-        .arg("--listen")
-        .arg(addr.to_string());
-    Proc::spawn(cmd)
+    Proc::spawn(run_command(config.path(), addr))
 }
 
 /// One all-method, no-auth route `/` to service `svc` at `url`, with extra `[server]` settings.

@@ -14,7 +14,9 @@ use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::any;
 use bytes::Bytes;
-use common::{USERS, client, dead_url, demo, error_body, first_status, gateway, one_route, raw, serve};
+use common::{
+    USERS, client, dead_url, demo, error_body, first_status, gateway, one_route, raw, serve, until_closed,
+};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -492,20 +494,9 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     ))
     .await;
     // The connection is closed by the gateway long before the client's 30 s patience runs out.
-    let addr = gw.addr;
-    let outcome = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(b"GET /echo HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
-            .unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)
-            .map(|_| String::from_utf8_lossy(&buf).into_owned())
-    })
-    .await
-    .unwrap();
-    let reply = outcome.expect("the gateway kept the slow connection open");
+    let reply = until_closed(gw.addr, b"GET /echo HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+        .await
+        .expect("the gateway kept the slow connection open");
     assert!(reply.is_empty() || first_status(&reply) == 408, "{reply}");
 }
 
@@ -519,18 +510,8 @@ async fn a_client_that_sends_nothing_or_half_a_preface_is_cut_off() {
         one_route(&users.url(), "")
     ))
     .await;
-    let addr = gw.addr;
     for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
-        let outcome = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            s.write_all(sent).unwrap();
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).map(|_| buf.len())
-        })
-        .await
-        .unwrap();
+        let outcome = until_closed(gw.addr, sent).await;
         // Closed with unread bytes, the socket is reset: also cut off.
         let cut_off = match &outcome {
             Ok(_) => true,

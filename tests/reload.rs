@@ -783,18 +783,8 @@ async fn the_admin_listener_cuts_off_a_client_that_never_finishes_its_headers() 
     assert_eq!(response.status(), 200);
     // Half a request head, and nothing at all: both are cut off.
     for sent in [&b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-Slow: "[..], b""] {
-        let outcome = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            s.write_all(sent).unwrap();
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf)
-                .map(|_| String::from_utf8_lossy(&buf).into_owned())
-        })
-        .await
-        .unwrap();
-        let reply = outcome
+        let reply = common::until_closed(addr, sent)
+            .await
             .unwrap_or_else(|e| panic!("the admin listener kept a connection that sent {sent:?} open: {e}"));
         assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 408"), "{reply}");
     }

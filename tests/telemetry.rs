@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use common::graphql::{graphql_table, post_with, schema_dir};
-use common::process::{BIN, Proc, START_DEADLINE, TempConfig, free_addr};
+use common::process::{Proc, START_DEADLINE, TempConfig, free_addr, run_command};
 use common::{client, eventually, send_in_time, serve};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -322,11 +321,8 @@ auth = "none"
 /// Starts the binary on `config`; the batch processor exports every 100 ms so spans arrive soon.
 async fn start(config: &TempConfig) -> (Proc, SocketAddr) {
     let addr = free_addr();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--config"])
-        .arg(config.path())
-        .args(["--listen", &addr.to_string()])
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+    let mut cmd = run_command(config.path(), addr);
+    cmd.env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env("RUST_LOG", "warn,access=info");
     let mut proc = Proc::spawn(cmd);
     proc.wait_ready(addr).await;

@@ -116,6 +116,22 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], quiet: Duration) -> String
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends raw bytes and reads until the server closes the connection, for tests that a server
+/// hangs up on a client: `Err` when it is still open after 30 s (or was reset).
+pub async fn until_closed(addr: SocketAddr, sent: &'static [u8]) -> std::io::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.write_all(sent).unwrap();
+        let mut out = Vec::new();
+        stream
+            .read_to_end(&mut out)
+            .map(|_| String::from_utf8_lossy(&out).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
 /// The status code of the first response in a raw exchange.
 pub fn first_status(raw: &str) -> u16 {
     raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)

@@ -114,12 +114,18 @@ impl Proc {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
+    /// The exit status once the process has exited (all its output is then in).
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.try_wait().unwrap()?;
+        self.join_readers();
+        Some(status)
+    }
+
     /// Waits (polling) until the process exits on its own, at most `limit`.
     pub fn wait_blocking(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.join_readers();
+            if let Some(status) = self.exited() {
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -133,8 +139,7 @@ impl Proc {
     pub async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.join_readers();
+            if let Some(status) = self.exited() {
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -189,6 +194,17 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `gateway-cli run --config <config> --listen <addr>`, to spawn (with more settings if needed).
+pub fn run_command(config: &Path, addr: SocketAddr) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--listen")
+        .arg(addr.to_string());
+    cmd
 }
 
 /// A loopback address nothing listens on right now: bind port 0, read the port, close.
