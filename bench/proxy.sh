@@ -291,37 +291,33 @@ declare -A PID_OF=([nginx]=$NGINX_WORKER)
 declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/resil)
 declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
 GW_PID=""
+# start_gateway NAME PORT RUST_LOG [EXTRA_TOML]: the benchmark's gateway.toml listening on PORT,
+# plus EXTRA_TOML (printf %b escapes), as a process of its own pinned to the proxy's CPU, logging
+# to $tmp/NAME.log; sets PID_OF[NAME] once it answers.
+start_gateway() {
+    local name=$1 port=$2 filter=$3 extra=${4:-} conf=$tmp/$1.run.toml
+    sed "s/^listen = \"127.0.0.1:$GW_PORT\"/listen = \"127.0.0.1:$port\"/" "$tmp/gateway.toml" >"$conf"
+    printf '%b' "$extra" >>"$conf"
+    RUST_LOG=$filter taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$conf" >"$tmp/$name.log" 2>&1 &
+    PID_OF[$name]=$!
+    PIDS+=("$!")
+    wait_ready "$name" "$port" "$!" "$tmp/$name.log"
+}
 if [[ $SKIP_GW != 1 ]]; then
     # Access lines off, like the nginx proxy's `access_log off` (GATEWAY_LOG to change).
-    RUST_LOG=${GATEWAY_LOG:-info,access=off} taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway.toml" \
-        >"$tmp/gateway.log" 2>&1 &
-    GW_PID=$!
-    PIDS+=("$GW_PID")
-    wait_ready gateway "$GW_PORT" "$GW_PID" "$tmp/gateway.log"
-    for t in gateway gw-hs256 gw-rs256 gw-rlimit gw-resil; do PID_OF[$t]=$GW_PID; done
+    start_gateway gateway "$GW_PORT" "${GATEWAY_LOG:-info,access=off}"
+    GW_PID=${PID_OF[gateway]}
+    for t in gw-hs256 gw-rs256 gw-rlimit gw-resil; do PID_OF[$t]=$GW_PID; done
 
     # gw-observed: the same config with the admin listener (so the Prometheus recorder counts
     # every request) and the access log on, on a process of its own on the same CPU.
-    sed "s/^listen = \"127.0.0.1:$GW_PORT\"/listen = \"127.0.0.1:$OBS_PORT\"/" "$tmp/gateway.toml" \
-        >"$tmp/gateway-observed.toml"
-    printf '\n[admin]\nlisten = "127.0.0.1:%s"\n' "$ADMIN_PORT" >>"$tmp/gateway-observed.toml"
-    RUST_LOG=info taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway-observed.toml" \
-        >/dev/null 2>"$tmp/gateway-observed.log" &
-    PID_OF[gw-observed]=$!
-    PIDS+=("$!")
-    wait_ready gw-observed "$OBS_PORT" "$!" "$tmp/gateway-observed.log"
+    start_gateway gw-observed "$OBS_PORT" info "\n[admin]\nlisten = \"127.0.0.1:$ADMIN_PORT\"\n"
     OBSERVED=(gw-observed)
 
     if [[ ${BENCH_OTLP:-0} == 1 ]]; then
         # gw-otlp: every request makes its spans, exported to a port nothing listens on.
-        sed "s/^listen = \"127.0.0.1:$GW_PORT\"/listen = \"127.0.0.1:$OTLP_PORT\"/" "$tmp/gateway.toml" \
-            >"$tmp/gateway-otlp.toml"
-        printf '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\n' "$DEAD_PORT" >>"$tmp/gateway-otlp.toml"
-        RUST_LOG=info,access=off taskset -c "$PROXY_CPU" "$GATEWAY_BIN" run --config "$tmp/gateway-otlp.toml" \
-            >"$tmp/gateway-otlp.log" 2>&1 &
-        PID_OF[gw-otlp]=$!
-        PIDS+=("$!")
-        wait_ready gw-otlp "$OTLP_PORT" "$!" "$tmp/gateway-otlp.log"
+        start_gateway gw-otlp "$OTLP_PORT" info,access=off \
+            "\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:$DEAD_PORT\"\n"
         OBSERVED+=(gw-otlp)
     fi
     for t in gw-hs256 gw-rs256; do
@@ -435,9 +431,9 @@ done
 if [[ -n ${PID_OF[gw-observed]:-} ]]; then
     # The observed gateway really counted and logged: its metrics and access lines are there.
     curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -q '^http_server_request_duration_seconds_count{' ||
-        die "gw-observed: /metrics has no request counts (see $tmp/gateway-observed.log)"
-    grep -q ' access: ' "$tmp/gateway-observed.log" ||
-        die "gw-observed: no access lines in $tmp/gateway-observed.log"
+        die "gw-observed: /metrics has no request counts (see $tmp/gw-observed.log)"
+    grep -q ' access: ' "$tmp/gw-observed.log" ||
+        die "gw-observed: no access lines in $tmp/gw-observed.log"
 fi
 
 GW_RSS_LOAD=$(<"$RSS_MAX_FILE")
