@@ -619,6 +619,24 @@ load_balancing = "round_robin"
     let arrivals = live.arrivals();
     assert_eq!(arrivals.len(), 1);
     assert_eq!(arrivals[0].body, "order");
+
+    // A body that is never kept for replay (streamed, of unknown length) comes back unsent from
+    // a failed connect too, and goes whole to the next instance.
+    for round in 0..2 {
+        let chunks = ["first chunk, ", "second chunk"]
+            .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c.as_bytes())));
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        let a = send(client().post(format!("{}/orders", gw.url())).body(body)).await;
+        assert!(a.is_backend(201, "created"), "round {round}: {a:?}");
+    }
+    let arrivals = live.arrivals();
+    assert_eq!(arrivals.len(), 3);
+    assert!(
+        arrivals[1..]
+            .iter()
+            .all(|a| a.body == "first chunk, second chunk"),
+        "{arrivals:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1007,7 +1025,142 @@ async fn a_connection_lost_before_the_response_head_is_a_502() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 9. The upstream's Retry-After
+// 9. Keep-alive connections to a backend
+
+/// An HTTP/1.1 backend that answers every request on a connection until it has been idle for
+/// `idle_close`, then closes it (as nginx's `keepalive_timeout` does). It counts connections and
+/// requests, and `closed` wakes when it has closed one.
+struct KeepAliveBackend {
+    url: String,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+}
+
+impl KeepAliveBackend {
+    async fn start(idle_close: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(Notify::new());
+        let (c, r, done) = (connections.clone(), requests.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, done) = (r.clone(), done.clone());
+                tokio::spawn(async move {
+                    serve_keep_alive(stream, idle_close, &r).await;
+                    done.notify_one();
+                });
+            }
+        });
+        Self {
+            url,
+            connections,
+            requests,
+            closed,
+        }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.connections.load(Ordering::SeqCst),
+            self.requests.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Answers `200 ok` to each request head (and its Content-Length body) on `stream` until it is
+/// idle for `idle_close` or the peer closes it.
+async fn serve_keep_alive(mut stream: TcpStream, idle_close: Duration, requests: &AtomicUsize) {
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let head_end = loop {
+            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match tokio::time::timeout(idle_close, stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&pending[..head_end]).to_ascii_lowercase();
+        let body_len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while pending.len() < head_end + body_len {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        pending.drain(..head_end + body_len);
+        requests.fetch_add(1, Ordering::SeqCst);
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_and_replaced_once_the_backend_closes_them() {
+    let backend = KeepAliveBackend::start(Duration::from_secs(1)).await;
+    let gw = gateway(&config(&[&backend.url], "timeout = \"2s\"", "")).await;
+    let http = client();
+    let url = format!("{}/x", gw.url());
+
+    // One after another, every method, bodies or not: one connection carries them all.
+    for i in 0..10 {
+        let request = match i % 3 {
+            0 => http.get(&url),
+            1 => http.post(&url).body("a body"),
+            _ => http.delete(&url),
+        };
+        let a = send(request).await;
+        assert!(a.is_backend(200, "ok"), "request {i}: {a:?}");
+    }
+    assert_eq!(backend.counts(), (1, 10));
+
+    // The backend closes the idle connection. The next request, a POST (never retried once it
+    // may have been sent), goes out on a new connection rather than into the closed one.
+    tokio::time::timeout(TIMEOUT, backend.closed.notified())
+        .await
+        .expect("the backend closes an idle connection");
+    let a = send(http.post(&url).body("after the close")).await;
+    assert!(a.is_backend(200, "ok"), "{a:?}");
+    assert_eq!(backend.counts(), (2, 11));
+
+    // Requests at once get connections of their own, which are kept for the next ones.
+    let batch = || {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let sends = (0..4).map(|_| send(http.get(&url)));
+            for a in futures_util::future::join_all(sends).await {
+                assert!(a.is_backend(200, "ok"), "{a:?}");
+            }
+        }
+    };
+    batch().await;
+    let (after_first, _) = backend.counts();
+    assert!(after_first <= 2 + 4, "{after_first} connections");
+    for _ in 0..5 {
+        batch().await;
+    }
+    assert_eq!(
+        backend.counts().0,
+        after_first,
+        "later batches reuse the kept connections"
+    );
+    assert_eq!(backend.counts().1, 11 + 6 * 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. The upstream's Retry-After
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_retry_after_is_waited_for_when_it_fits_the_deadline() {
@@ -1100,7 +1253,7 @@ backoff = "1ms"
 }
 
 // ---------------------------------------------------------------------------------------------
-// 10. Least requests
+// 11. Least requests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_requests_sends_more_to_the_instance_that_answers_sooner() {
@@ -1169,7 +1322,7 @@ load_balancing = "least_requests"
 }
 
 // ---------------------------------------------------------------------------------------------
-// 11. Active health checks
+// 12. Active health checks
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_health_checks_take_instances_out_and_all_failing_is_503() {
@@ -1241,7 +1394,7 @@ healthy_after = 1
 }
 
 // ---------------------------------------------------------------------------------------------
-// 12. A client's own failure is not the backend's
+// 13. A client's own failure is not the backend's
 
 /// A client whose upload breaks (here: a malformed chunk) is the client's fault, not the
 /// backend's: it must not count against the instance or the breaker. (Here each one is answered

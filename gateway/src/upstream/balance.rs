@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use tokio::time::Instant;
 
+use super::pool::Address;
 use crate::config::LoadBalancing;
 
 /// Consecutive failures that eject an instance.
@@ -22,11 +23,11 @@ const EJECT_AFTER: u32 = 5;
 const BASE_EJECTION: Duration = Duration::from_secs(10);
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
-/// One instance's URL, pre-split so a request only appends its path, and its state.
+/// One instance's URL, pre-split so a request only appends its path, its state, and its idle
+/// connections.
 #[derive(Debug)]
 pub struct Instance {
-    pub scheme: Scheme,
-    pub authority: Authority,
+    pub address: Address,
     /// The instance URL's path without its trailing slash ("" for none).
     pub base_path: String,
     pub url: String,
@@ -42,8 +43,7 @@ pub struct Instance {
 impl Instance {
     pub fn new(scheme: Scheme, authority: Authority, base_path: String, url: String) -> Self {
         Self {
-            scheme,
-            authority,
+            address: Address::new(scheme, authority),
             base_path,
             url,
             in_flight: AtomicUsize::new(0),

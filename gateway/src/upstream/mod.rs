@@ -3,12 +3,13 @@
 //! circuit breaker (`breaker`), the bulkhead, load balancing with outlier ejection and active
 //! health checks (`balance`) live here, so they are written once.
 //!
-//! One pooled hyper-util client per service (the layer reqwest is built on, used directly): its
-//! own keep-alive pool and connect timeout, http and https (rustls, webpki roots), redirects passed
-//! back to the client rather than followed, and no system proxy (`HTTP_PROXY` in the environment
-//! must not silently reroute backend traffic). reqwest itself is not on this path: for every
-//! request it parses a URL and copies the header map for its redirect bookkeeping, which a proxy
-//! never uses and which cost a measured third of the proxy's throughput (see bench/README.md).
+//! Requests go out on hyper's own HTTP/1.1 and HTTP/2 connections (`pool`): per instance a
+//! keep-alive list of idle connections, the service's connect timeout, http and https (rustls,
+//! webpki roots), redirects passed back to the client rather than followed, and no system proxy
+//! (`HTTP_PROXY` in the environment must not silently reroute backend traffic). Neither reqwest
+//! nor hyper-util's pooled client is on this path: reqwest parses a URL and copies the header map
+//! for its redirect bookkeeping on every request, and the pooled client hashes a pool key and
+//! spawns a task per request; both cost measured throughput (see bench/README.md).
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -23,16 +24,13 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub mod balance;
 pub mod breaker;
 mod idle_timeout;
+pub mod pool;
 pub mod retry;
 mod window;
 
@@ -45,6 +43,7 @@ use crate::telemetry::trace::{self, span};
 use balance::{Balancer, InFlight, Instance, InstanceStatus};
 use breaker::{Breaker, BreakerState};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
+use pool::{Connector, Lent, SendError};
 use retry::{Outcome, RetryPolicy};
 use tracing::Instrument;
 
@@ -72,7 +71,7 @@ pub type UpstreamResponseBody = Guarded<IdleTimeout<Incoming>>;
 #[derive(Debug)]
 pub struct Upstream {
     name: String,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    connector: Connector,
     balancer: Arc<Balancer>,
     timeout: Duration,
     bulkhead: Arc<Semaphore>,
@@ -128,6 +127,13 @@ impl Payload {
         !matches!(self, Payload::Stream(_))
     }
 
+    /// Takes back a body that was never sent (no connection could be made).
+    fn unsent(&mut self, body: UpstreamBody) {
+        if let Payload::Stream(slot @ None) = self {
+            *slot = Some(body);
+        }
+    }
+
     fn next(&mut self) -> UpstreamBody {
         match self {
             Payload::Kept(bytes) => Full::new(bytes.clone())
@@ -141,7 +147,8 @@ impl Payload {
 
 /// What one attempt produced: response headers, or how it failed.
 enum Attempted {
-    Ok(Response<Incoming>),
+    /// With the HTTP/1.1 connection it came on, to give back when its body is done.
+    Ok(Response<Incoming>, Option<Lent>),
     Err(Outcome),
 }
 
@@ -151,21 +158,6 @@ fn empty() -> UpstreamBody {
 
 impl Upstream {
     pub fn new(config: &ServiceConfig) -> Result<Self, BuildError> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         let instances = config
             .urls
             .iter()
@@ -184,7 +176,7 @@ impl Upstream {
             .collect::<Result<_, BuildError>>()?;
         Ok(Self {
             name: config.name.clone(),
-            client,
+            connector: Connector::new(config.connect_timeout)?,
             balancer: Arc::new(Balancer::new(&config.name, config.load_balancing, instances)),
             timeout: config.timeout,
             bulkhead: Arc::new(Semaphore::new(config.max_concurrent)),
@@ -203,12 +195,16 @@ impl Upstream {
         &self.name
     }
 
-    /// Starts the active health checks, if configured, for as long as this upstream lives.
+    /// Starts closing stale idle connections, and the active health checks if configured, for
+    /// as long as this upstream lives.
     pub fn start(self: &Arc<Self>) {
-        if self.health_check.is_none() || !self.started.first() {
+        if !self.started.first() {
             return;
         }
-        spawn_background(health_loop(Arc::downgrade(self)));
+        spawn_background(sweep_loop(Arc::downgrade(self)));
+        if self.health_check.is_some() {
+            spawn_background(health_loop(Arc::downgrade(self)));
+        }
     }
 
     /// Health, breaker state and load of the service and its instances.
@@ -250,9 +246,11 @@ impl Upstream {
         } = request;
         let idempotent = retry::is_idempotent(&method, &headers);
         let attempts = self.retry.config.attempts;
-        // A small body is kept even for a request that is not idempotent: it may still be sent
-        // again when its first attempt could not connect (it never left).
-        let mut payload = self.payload(body, &headers, attempts, deadline).await?;
+        // Only a request that is safe to repeat keeps its (small) body to send again. Any
+        // request goes to another instance when no connection could be made: then its headers
+        // and body come back unsent.
+        let replay = idempotent && attempts > 1;
+        let mut payload = self.payload(body, &headers, replay, deadline).await?;
         // One clock reading per attempt serves the breaker, the budget and the attempt's deadline.
         let mut started = Instant::now();
         self.retry.deposit(started);
@@ -295,7 +293,7 @@ impl Upstream {
             };
             // The retry is under way: the failed attempt's answer is no longer needed.
             drop(previous.take());
-            let may_repeat = attempt < attempts && payload.replayable();
+            let may_repeat = attempt < attempts && idempotent && payload.replayable();
             let mut attempt_headers = if may_repeat {
                 headers.clone()
             } else {
@@ -304,7 +302,8 @@ impl Upstream {
             let left = attempt_deadline.saturating_duration_since(started).as_millis() as u64;
             attempt_headers.insert(&X_REQUEST_TIMEOUT_MS, HeaderValue::from(left));
             // The attempt's span (a no-op unless traces are exported) is the backend's parent.
-            let instance = &in_flight.instance().authority;
+            let address = &in_flight.instance().address;
+            let instance = &address.authority;
             let attempt_span = span!(
                 "upstream",
                 otel.name = metrics::method_label(method.as_str()),
@@ -322,28 +321,33 @@ impl Upstream {
             trace::inject(&attempt_span, &mut attempt_headers);
             let mut outgoing = Request::new(payload.next());
             *outgoing.method_mut() = method.clone();
-            *outgoing.uri_mut() = uri(in_flight.instance(), path, query)?;
+            *outgoing.uri_mut() = origin_form(&in_flight.instance().base_path, path, query)?;
             *outgoing.headers_mut() = attempt_headers;
 
             let (outcome, result) = match tokio::time::timeout_at(
                 attempt_deadline,
-                self.client.request(outgoing),
+                self.connector.send(address, outgoing),
             )
             .instrument(attempt_span.clone())
             .await
             {
-                Ok(Ok(response)) => (Outcome::Status(response.status()), Attempted::Ok(response)),
-                Ok(Err(e)) => {
+                Ok(Ok((response, lent))) => {
+                    (Outcome::Status(response.status()), Attempted::Ok(response, lent))
+                }
+                Ok(Err(SendError::Connect(e, unsent))) => {
+                    // Nothing left: the headers and body go to the next attempt, if any.
+                    let (parts, body) = unsent.into_parts();
+                    headers = parts.headers;
+                    payload.unsent(body);
+                    tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&*e), "upstream connect failed");
+                    (Outcome::Connect, Attempted::Err(Outcome::Connect))
+                }
+                Ok(Err(SendError::Failed(e))) => {
                     if let Some(client_error) = client_body_error(&e) {
                         return Err(client_error);
                     }
-                    let outcome = if e.is_connect() {
-                        Outcome::Connect
-                    } else {
-                        Outcome::Reset
-                    };
                     tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&e), "upstream attempt failed");
-                    (outcome, Attempted::Err(outcome))
+                    (Outcome::Reset, Attempted::Err(Outcome::Reset))
                 }
                 Err(_) => {
                     tracing::warn!(service = %self.name, instance = %in_flight.instance().url, "upstream attempt timed out");
@@ -369,11 +373,12 @@ impl Upstream {
             }
             self.balancer.record(in_flight.index(), failed);
 
-            let retry =
-                may_repeat && (idempotent || outcome == Outcome::Connect) && self.retry.retries(outcome);
+            let retry = attempt < attempts
+                && (may_repeat || outcome == Outcome::Connect)
+                && self.retry.retries(outcome);
             if retry {
                 let wait = match &result {
-                    Attempted::Ok(r) => retry::retry_after(r.headers()),
+                    Attempted::Ok(r, _) => retry::retry_after(r.headers()),
                     Attempted::Err(_) => None,
                 }
                 .unwrap_or_else(|| self.retry.backoff(attempt));
@@ -403,28 +408,29 @@ impl Upstream {
             None => (fallback, None),
         };
         match (result, in_flight) {
-            (Attempted::Ok(response), Some(in_flight)) => Ok(response.map(|body| Guarded {
+            (Attempted::Ok(response, conn), Some(in_flight)) => Ok(response.map(|body| Guarded {
                 body: IdleTimeout::new(body, self.timeout),
+                conn,
                 _permit: permit,
-                _in_flight: in_flight,
+                in_flight,
             })),
             (Attempted::Err(Outcome::Timeout), _) => Err(GatewayError::UpstreamTimeout),
             _ => Err(GatewayError::UpstreamUnavailable),
         }
     }
 
-    /// Keeps a small body of a request that may be retried; streams everything else.
+    /// Keeps a small body of a request that may be repeated (`replay`); streams everything else.
     async fn payload(
         &self,
         body: Option<UpstreamBody>,
         headers: &HeaderMap,
-        attempts: u32,
+        replay: bool,
         deadline: Instant,
     ) -> Result<Payload, GatewayError> {
         let Some(body) = body else {
             return Ok(Payload::Empty);
         };
-        if attempts < 2 || declared_length(headers).is_none_or(|len| len > self.retry.config.max_body) {
+        if !replay || declared_length(headers).is_none_or(|len| len > self.retry.config.max_body) {
             return Ok(Payload::Stream(Some(body)));
         }
         match tokio::time::timeout_at(deadline, body.collect()).await {
@@ -436,10 +442,11 @@ impl Upstream {
     }
 }
 
-fn uri(instance: &Instance, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+/// The request target as HTTP/1.1 sends it: the instance's base path, the path, the query.
+fn origin_form(base_path: &str, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
     let query_len = query.map_or(0, |q| q.len() + 1);
-    let mut pq = String::with_capacity(instance.base_path.len() + path.len() + query_len + 1);
-    pq.push_str(&instance.base_path);
+    let mut pq = String::with_capacity(base_path.len() + path.len() + query_len + 1);
+    pq.push_str(base_path);
     if !path.starts_with('/') && pq.is_empty() {
         // A stripped route with nothing left, on an instance without a base path.
         pq.push('/');
@@ -449,14 +456,21 @@ fn uri(instance: &Instance, path: &str, query: Option<&str>) -> Result<Uri, Gate
         pq.push('?');
         pq.push_str(query);
     }
-    let pq = PathAndQuery::from_maybe_shared(Bytes::from(pq))
-        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
-    Uri::builder()
-        .scheme(instance.scheme.clone())
-        .authority(instance.authority.clone())
-        .path_and_query(pq)
-        .build()
+    PathAndQuery::from_maybe_shared(Bytes::from(pq))
+        .map(Uri::from)
         .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
+}
+
+/// Closes idle connections the backend closed or that waited too long, every half idle timeout.
+async fn sweep_loop(upstream: Weak<Upstream>) {
+    loop {
+        tokio::time::sleep(pool::IDLE_TIMEOUT / 2).await;
+        let Some(this) = upstream.upgrade() else { return };
+        let now = Instant::now();
+        for instance in this.balancer.instances() {
+            instance.address.sweep(now);
+        }
+    }
 }
 
 /// Probes every instance each `interval`; `unhealthy_after` failures in a row take an instance
@@ -497,29 +511,35 @@ impl Upstream {
     async fn probe(&self, instance: &Instance, check: &HealthCheckConfig) -> bool {
         // The path is from the instance's root, not under its base path: health endpoints
         // usually sit beside the API, not inside it.
-        let Ok(uri) = Uri::builder()
-            .scheme(instance.scheme.clone())
-            .authority(instance.authority.clone())
-            .path_and_query(check.path.as_str())
-            .build()
-        else {
+        let Ok(target) = check.path.parse::<Uri>() else {
             return false;
         };
         let mut request = Request::new(empty());
-        *request.uri_mut() = uri;
-        match tokio::time::timeout(check.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => response.status().is_success(),
+        *request.uri_mut() = target;
+        let probe = self.connector.send(&instance.address, request);
+        match tokio::time::timeout(check.timeout, probe).await {
+            Ok(Ok((response, _))) => response.status().is_success(),
             _ => false,
         }
     }
 }
 
-/// A response body that holds on to what must last as long as the response does.
+/// A response body that holds on to what must last as long as the response does, and gives its
+/// HTTP/1.1 connection back to the instance's idle list when done.
 #[derive(Debug)]
 pub struct Guarded<B> {
     body: B,
+    conn: Option<Lent>,
     _permit: OwnedSemaphorePermit,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+}
+
+impl<B> Drop for Guarded<B> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.in_flight.instance().address.give_back(conn);
+        }
+    }
 }
 
 impl<B: Body + Unpin> Body for Guarded<B> {
