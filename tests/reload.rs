@@ -871,12 +871,37 @@ on_error = "local"
             let (status, body, text) = live.admin_call(method, path, token, Some(toml.clone())).await;
             assert_eq!(status, 401, "{path} with {token:?}: {text}");
             assert_eq!(body["error"]["code"], "UNAUTHENTICATED", "{text}");
+            assert_eq!(
+                body["error"]["request_id"].as_str().map(str::len),
+                Some(36),
+                "{text}"
+            );
             for secret in secrets {
                 assert!(!text.contains(secret), "{secret} shows in {path}: {text}");
             }
         }
     }
     assert_eq!(live.admin_get("/healthz").await.0, 200);
+
+    // Admin errors are in the SPEC.md format too, with the client's request id when it sent one.
+    let response = send_in_time(
+        live.client
+            .get(format!("{}/admin/status", live.admin))
+            .header("x-request-id", "admin-call-1"),
+    )
+    .await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["x-request-id"], "admin-call-1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["request_id"], "admin-call-1", "{body}");
+    let (status, body) = live.admin_get("/admin/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "ROUTE_NOT_FOUND", "{body}");
+    let response = send_in_time(live.client.post(format!("{}/healthz", live.admin))).await;
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,15 @@
 //! `POST /admin/check` (validate a posted routes.toml: its errors, or what it would change), and
 //! `/healthz` (the process is up) and `/readyz` (a config is loaded and the gateway is not
 //! draining). With `[admin] token`, every `/admin/*` request needs `Authorization: Bearer <token>`.
+//! Every answer carries an `x-request-id` (the client's, or a new one), and errors are in the
+//! SPEC.md format with that id, as on the public port.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header::AUTHORIZATION};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -19,6 +21,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::config::{self, Source};
+use crate::edge::request_id::{self, X_REQUEST_ID};
 use crate::reload::{Changes, Reloader};
 use crate::snapshot::Snapshot;
 use crate::upstream::ServiceStatus;
@@ -38,7 +41,30 @@ pub fn router(reloader: Arc<Reloader>) -> Router {
         .route("/metrics", get(prometheus))
         .route("/readyz", get(ready))
         .merge(admin)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "no such admin endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "the admin endpoint does not take this method",
+            )
+        })
+        .layer(middleware::from_fn(with_request_id))
         .with_state(reloader)
+}
+
+tokio::task_local! {
+    /// The id of the admin request being answered, for its error body.
+    static REQUEST_ID: HeaderValue;
+}
+
+/// Gives each admin request an id (the client's sane `x-request-id`, or a new one), visible to
+/// [`error`] and returned in the answer's `x-request-id`.
+async fn with_request_id(request: Request, next: Next) -> Response {
+    let id = request_id::from_request(request.headers());
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    response.headers_mut().insert(&X_REQUEST_ID, id);
+    response
 }
 
 /// Connections the admin listener keeps open at once.
@@ -80,7 +106,11 @@ async fn require_token(State(reloader): State<Arc<Reloader>>, request: Request, 
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    let id = REQUEST_ID
+        .try_with(|id| id.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let body = json!({"error": {"code": code, "message": message, "request_id": id}});
+    (status, Json(body)).into_response()
 }
 
 /// Prometheus text format.
