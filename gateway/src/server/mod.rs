@@ -1,5 +1,5 @@
 //! The listener: accepts TCP connections and serves HTTP/1.1 and h2c (prior knowledge) on them
-//! with hyper-util, then drains on shutdown. The admin API's listener is served the same way.
+//! with hyper, then drains on shutdown. The admin API's listener is served the same way.
 //!
 //! Not `axum::serve`: it has no header-read timeout, so a slowloris client that never finishes its
 //! headers would hold a connection forever. Here hyper cuts it off after `header_read_timeout`,
@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -86,18 +86,35 @@ pub async fn serve_router(
     .await
 }
 
-/// HTTP/1.1 with a header-read timeout, and h2c.
-fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30));
-    builder
+/// How a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: the connection opened with the preface.
+    H2c,
+}
+
+/// HTTP/1.1 with a header-read timeout, and h2c. hyper's own builders, each chosen by
+/// [`first_bytes`], rather than hyper-util's auto builder, which would sniff the same bytes again
+/// and wrap every read of the connection to replay them.
+#[derive(Clone)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(header_read_timeout: Duration) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30));
+        Self { http1, http2 }
+    }
 }
 
 /// Accepts connections until `shutdown`, each served by `service(peer)` in a task of its own
@@ -121,7 +138,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder(header_read_timeout);
+    let builders = Builders::new(header_read_timeout);
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
@@ -147,18 +164,21 @@ where
             () = &mut shutdown => break Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let (watcher, builder, service) = (graceful.watcher(), builder.clone(), service(peer));
+        let (watcher, builders, service) = (graceful.watcher(), builders.clone(), service(peer));
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let spoke = tokio::select! {
                 spoke = first_bytes(&stream, header_read_timeout) => spoke,
-                _ = stopped.wait_for(|stopping| *stopping) => false,
+                _ = stopped.wait_for(|stopping| *stopping) => None,
             };
-            if spoke {
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(connection.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
+            let io = TokioIo::new(stream);
+            let served = match spoke {
+                Some(Protocol::Http1) => watcher.watch(builders.http1.serve_connection(io, service)).await,
+                Some(Protocol::H2c) => watcher.watch(builders.http2.serve_connection(io, service)).await,
+                None => Ok(()),
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(slot);
         });
@@ -167,23 +187,24 @@ where
     result
 }
 
-/// Waits until a new connection's first bytes tell HTTP/1 from the h2c preface (what the auto
-/// builder sniffs, with no timer of its own); `false` when they do not within `within`, or the
-/// client closed. Peeks, so hyper still reads everything. A partial preface (legitimate clients
-/// send it whole) is peeked again every 10 ms rather than spun on.
-async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+/// Waits until a new connection's first bytes tell HTTP/1 from the h2c preface; `None` when they
+/// do not within `within`, or the client closed. Peeks, so hyper still reads everything. A
+/// partial preface (legitimate clients send it whole) is peeked again every 10 ms rather than
+/// spun on.
+async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> Option<Protocol> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let sniffed = async {
         let mut buf = [0; 24];
         loop {
             match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                Ok(0) | Err(_) => return None,
+                Ok(n) if buf[..n] != PREFACE[..n] => return Some(Protocol::Http1),
+                Ok(n) if n == PREFACE.len() => return Some(Protocol::H2c),
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
     };
-    tokio::time::timeout(within, sniffed).await.unwrap_or(false)
+    tokio::time::timeout(within, sniffed).await.ok().flatten()
 }
 
 /// A gateway serving in the background, for tests and `gateway demo`.
