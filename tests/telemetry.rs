@@ -31,6 +31,10 @@ use serde_json::json;
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_PARENT: &str = "00f067aa0ba902b7";
+/// A trace for the streamed response, whose spans must last until its body ends.
+const STREAM_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
+/// How long the test backend's `/stream` waits before its last chunk.
+const STREAM_PAUSE: Duration = Duration::from_millis(400);
 
 /// An OTLP/HTTP receiver: every span of every export, and the `service.name` they came with.
 #[derive(Clone, Default)]
@@ -118,6 +122,23 @@ async fn backend() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
             get(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
         )
         .route(
+            "/stream",
+            get(|| async {
+                // Headers and a first chunk at once, the rest after STREAM_PAUSE.
+                let chunks = futures_util::stream::unfold(0, |n| async move {
+                    match n {
+                        0 => Some((Ok::<_, std::io::Error>(Bytes::from_static(b"first,")), 1)),
+                        1 => {
+                            tokio::time::sleep(STREAM_PAUSE).await;
+                            Some((Ok(Bytes::from_static(b"last")), 2))
+                        }
+                        _ => None,
+                    }
+                });
+                axum::body::Body::from_stream(chunks)
+            }),
+        )
+        .route(
             "/slow",
             get(|| async {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -164,6 +185,11 @@ path = "/items/{{id}}"
 service = "svc"
 auth = "none"
 rate_limit = "traced"
+
+[[routes]]
+path = "/stream"
+service = "svc"
+auth = "none"
 {extra}"#
     )
 }
@@ -413,6 +439,30 @@ type Item { id: ID! }
             .iter()
             .all(|(service, _)| service == "edge-gateway")
     );
+
+    // A streamed answer: the request's span and the attempt's last until the body's end, not
+    // just until the response headers (which came STREAM_PAUSE earlier).
+    let response = send_in_time(
+        client
+            .get(format!("{base}/stream"))
+            .header("traceparent", format!("00-{STREAM_TRACE}-{CLIENT_PARENT}-01")),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "first,last");
+    eventually("the streamed request's spans", async || {
+        let spans = collector.trace(STREAM_TRACE);
+        ["GET /stream", "GET"]
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name))
+    })
+    .await;
+    let spans = collector.trace(STREAM_TRACE);
+    for name in ["GET /stream", "GET"] {
+        let span = named(&spans, name);
+        let lasted = Duration::from_nanos(span.end_time_unix_nano - span.start_time_unix_nano);
+        assert!(lasted >= STREAM_PAUSE, "{name} lasted {lasted:?}");
+    }
 
     // GraphQL, in a trace the gateway starts: operation, resolver call and its attempt.
     let (status, _, body) = post_with(

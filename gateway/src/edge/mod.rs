@@ -24,7 +24,7 @@ use crate::proxy;
 use crate::ratelimit::RateLimitHeaders;
 use crate::routing::Handler;
 use crate::snapshot::Snapshot;
-use crate::telemetry::trace::{RequestTrace, span};
+use crate::telemetry::trace::{RequestTrace, SpanBody, span};
 use crate::telemetry::{access, metrics};
 use forwarded::ClientAddr;
 use headers::{declared_length, strip_hop_by_hop};
@@ -122,6 +122,11 @@ impl Gateway {
         let status = response.status().as_u16();
         let took = started.elapsed();
         trace.finish(status, error_code);
+        // The request's span ends with its response body (only when spans are exported).
+        if !trace.span.is_disabled() {
+            let span = trace.span.clone();
+            response = response.map(|body| Body::new(SpanBody::new(body, span)));
+        }
         metrics::server_request(method.as_str(), route, status, took);
         metrics::active_requests(-1.0);
         access::record(&access::Entry {

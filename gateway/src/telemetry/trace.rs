@@ -13,10 +13,13 @@
 //! Without an endpoint no span is made at all: the spans' target, `gateway::span`, is enabled for
 //! the exporter only (the log formatter never sees it), so each span macro is one cached check.
 
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http_body::{Body, Frame, SizeHint};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -264,5 +267,42 @@ mod tests {
         let new = RequestTrace::start(&Method::GET, "/", &h).traceparent;
         assert!(is_traceparent(new.as_bytes()));
         assert_ne!(new, given);
+    }
+}
+
+/// A response body polled inside a span, so the span of a request lasts as long as its answer:
+/// a streamed download or a slow backend body counts, not just the time to the response
+/// headers. (`tracing-opentelemetry` ends a span at its last exit.)
+#[derive(Debug)]
+pub struct SpanBody<B> {
+    body: B,
+    span: Span,
+}
+
+impl<B> SpanBody<B> {
+    pub fn new(body: B, span: Span) -> Self {
+        Self { body, span }
+    }
+}
+
+impl<B: Body + Unpin> Body for SpanBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let _inside = this.span.enter();
+        Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -146,9 +146,14 @@ impl Payload {
 }
 
 /// What one attempt produced: response headers, or how it failed.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for one attempt; boxing the response would allocate per request"
+)]
 enum Attempted {
-    /// With the HTTP/1.1 connection it came on, to give back when its body is done.
-    Ok(Response<Incoming>, Option<Lent>),
+    /// With the HTTP/1.1 connection it came on, to give back when its body is done, and the
+    /// attempt's span, which ends with the body.
+    Ok(Response<Incoming>, Option<Lent>, tracing::Span),
     Err(Outcome),
 }
 
@@ -331,9 +336,10 @@ impl Upstream {
             .instrument(attempt_span.clone())
             .await
             {
-                Ok(Ok((response, lent))) => {
-                    (Outcome::Status(response.status()), Attempted::Ok(response, lent))
-                }
+                Ok(Ok((response, lent))) => (
+                    Outcome::Status(response.status()),
+                    Attempted::Ok(response, lent, attempt_span.clone()),
+                ),
                 Ok(Err(SendError::Connect(e, unsent))) => {
                     // Nothing left: the headers and body go to the next attempt, if any.
                     let (parts, body) = unsent.into_parts();
@@ -378,7 +384,7 @@ impl Upstream {
                 && self.retry.retries(outcome);
             if retry {
                 let wait = match &result {
-                    Attempted::Ok(r, _) => retry::retry_after(r.headers()),
+                    Attempted::Ok(r, ..) => retry::retry_after(r.headers()),
                     Attempted::Err(_) => None,
                 }
                 .unwrap_or_else(|| self.retry.backoff(attempt));
@@ -408,11 +414,12 @@ impl Upstream {
             None => (fallback, None),
         };
         match (result, in_flight) {
-            (Attempted::Ok(response, conn), Some(in_flight)) => Ok(response.map(|body| Guarded {
+            (Attempted::Ok(response, conn, span), Some(in_flight)) => Ok(response.map(|body| Guarded {
                 body: IdleTimeout::new(body, self.timeout),
                 conn,
                 _permit: permit,
                 in_flight,
+                span,
             })),
             (Attempted::Err(Outcome::Timeout), _) => Err(GatewayError::UpstreamTimeout),
             _ => Err(GatewayError::UpstreamUnavailable),
@@ -524,14 +531,17 @@ impl Upstream {
     }
 }
 
-/// A response body that holds on to what must last as long as the response does, and gives its
-/// HTTP/1.1 connection back to the instance's idle list when done.
+/// A response body that holds on to what must last as long as the response does (the bulkhead
+/// slot, the in-flight count, the attempt's span), and gives its HTTP/1.1 connection back to the
+/// instance's idle list when done.
 #[derive(Debug)]
 pub struct Guarded<B> {
     body: B,
     conn: Option<Lent>,
     _permit: OwnedSemaphorePermit,
     in_flight: InFlight,
+    /// The attempt's span, entered while the body is polled so that it ends with the body.
+    span: tracing::Span,
 }
 
 impl<B> Drop for Guarded<B> {
@@ -550,7 +560,9 @@ impl<B: Body + Unpin> Body for Guarded<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let _inside = this.span.enter();
+        Pin::new(&mut this.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
