@@ -10,11 +10,12 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Removes hop-by-hop headers, including the ones a `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most messages carry none, and one scan of the keys is cheaper than ten removes.
+    // Fast path: most requests carry none, and one scan of the keys is cheaper than ten removes.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    // Names listed in Connection are hop-by-hop too; collect them before removing Connection.
+    // Names listed in Connection are hop-by-hop too: parsed once (however long the list, one
+    // removal each), before Connection itself goes.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -25,19 +26,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    // Then the hop-by-hop headers that are there (most responses carry only
+    // `Connection: keep-alive`), rather than a removal for each of the nine names and `proxy-*`.
+    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
         headers.remove(name);
-    }
-    // RFC 9110 counts every Proxy-* header as hop-by-hop, not just the two registered ones.
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(name);
-        }
     }
 }
 
@@ -72,8 +64,18 @@ mod tests {
         h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
         h.insert("proxy-status", "x".parse().unwrap());
+        h.append("connection", "x-other".parse().unwrap());
+        h.insert("x-other", "2".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+
+        // The usual response: only Connection goes.
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "text/plain".parse().unwrap());
+        h.insert("connection", "keep-alive".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
     }
 }
