@@ -1024,6 +1024,35 @@ async fn a_connection_lost_before_the_response_head_is_a_502() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_closes_every_connection_it_accepts_is_a_502_not_a_loop() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let gw = gateway(&config(&[&url], "timeout = \"5s\"", "")).await;
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        let before = accepted.load(Ordering::SeqCst);
+        let a = send(
+            client()
+                .request(method.clone(), format!("{}/x", gw.url()))
+                .body("b"),
+        )
+        .await;
+        assert!(a.is(502, "UPSTREAM_UNAVAILABLE"), "{method}: {a:?}");
+        // Whether the close came before the request was written (as a failed connect, retried
+        // for any method) or after (retried only for a GET): at most the default two attempts.
+        let tried = accepted.load(Ordering::SeqCst) - before;
+        assert!((1..=2).contains(&tried), "{method}: {tried} connections");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. Keep-alive connections to a backend
 

@@ -100,10 +100,10 @@ impl Connector {
         mut request: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Option<Lent>), SendError> {
         loop {
-            let conn = match address.take_idle() {
-                Some(conn) => conn,
+            let (conn, pooled) = match address.take_idle() {
+                Some(conn) => (conn, true),
                 None => match self.connect(address).await {
-                    Ok(conn) => conn,
+                    Ok(conn) => (conn, false),
                     Err(e) => return Err(SendError::Connect(e, Box::new(request))),
                 },
             };
@@ -128,11 +128,14 @@ impl Connector {
                     }
                 }
             };
-            // A connection that closed before the request was written to it (the backend ended
-            // an idle keep-alive connection just now) hands the request back: try the next one.
+            // A connection that closed before the request was written to it hands the request
+            // back. A pooled one (the backend ended an idle keep-alive connection just now): try
+            // the next one. A new one (a backend that closes what it accepts): as a failed
+            // connect, so it never loops.
             let mut sent = sent;
             match sent.take_message() {
-                Some(unsent) => request = unsent,
+                Some(unsent) if pooled => request = unsent,
+                Some(unsent) => return Err(SendError::Connect(sent.into_error().into(), Box::new(unsent))),
                 None => return Err(SendError::Failed(sent.into_error())),
             }
         }
