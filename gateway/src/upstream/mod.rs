@@ -39,7 +39,7 @@ use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
 use crate::snapshot::{StartOnce, spawn_background};
 use crate::telemetry::metrics;
-use crate::telemetry::trace::{self, span};
+use crate::telemetry::trace::{self, SpanBody, span};
 use balance::{Balancer, InFlight, Instance, InstanceStatus};
 use breaker::{Breaker, BreakerState};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
@@ -61,9 +61,10 @@ pub struct ClientBodyError(#[source] pub Box<dyn StdError + Send + Sync>);
 /// Any request body the gateway sends upstream (a client's streamed body, or one it built).
 pub type UpstreamBody = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
 
-/// A streamed upstream response body, cut off when the backend stalls between chunks. It holds
-/// the request's bulkhead slot and its instance's in-flight count until it is done.
-pub type UpstreamResponseBody = Guarded<IdleTimeout<Incoming>>;
+/// A streamed upstream response body, cut off when the backend stalls between chunks and polled
+/// inside the attempt's span (which so ends with it). It holds the request's bulkhead slot and
+/// its instance's in-flight count until it is done.
+pub type UpstreamResponseBody = Guarded<SpanBody<IdleTimeout<Incoming>>>;
 
 /// A service's instances and the client that reaches them, with everything that keeps a slow or
 /// failing service from taking others down: bulkhead, circuit breaker, retries within a budget,
@@ -341,7 +342,7 @@ impl Upstream {
                     Attempted::Ok(response, lent, attempt_span.clone()),
                 ),
                 Ok(Err(SendError::Connect(e, unsent))) => {
-                    // Nothing left: the headers and body go to the next attempt, if any.
+                    // Nothing went out: the headers and body go to the next attempt, if any.
                     let (parts, body) = unsent.into_parts();
                     headers = parts.headers;
                     payload.unsent(body);
@@ -415,11 +416,10 @@ impl Upstream {
         };
         match (result, in_flight) {
             (Attempted::Ok(response, conn, span), Some(in_flight)) => Ok(response.map(|body| Guarded {
-                body: IdleTimeout::new(body, self.timeout),
+                body: SpanBody::new(IdleTimeout::new(body, self.timeout), span),
                 conn,
                 _permit: permit,
                 in_flight,
-                span,
             })),
             (Attempted::Err(Outcome::Timeout), _) => Err(GatewayError::UpstreamTimeout),
             _ => Err(GatewayError::UpstreamUnavailable),
@@ -532,16 +532,14 @@ impl Upstream {
 }
 
 /// A response body that holds on to what must last as long as the response does (the bulkhead
-/// slot, the in-flight count, the attempt's span), and gives its HTTP/1.1 connection back to the
-/// instance's idle list when done.
+/// slot, the in-flight count), and gives its HTTP/1.1 connection back to the instance's idle
+/// list when done.
 #[derive(Debug)]
 pub struct Guarded<B> {
     body: B,
     conn: Option<Lent>,
     _permit: OwnedSemaphorePermit,
     in_flight: InFlight,
-    /// The attempt's span, entered while the body is polled so that it ends with the body.
-    span: tracing::Span,
 }
 
 impl<B> Drop for Guarded<B> {
@@ -560,9 +558,7 @@ impl<B: Body + Unpin> Body for Guarded<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let _inside = this.span.enter();
-        Pin::new(&mut this.body).poll_frame(cx)
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
