@@ -27,27 +27,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     // Then the hop-by-hop headers that are there (most responses carry only
-    // `Connection: keep-alive`), rather than a removal for each of the nine names and `proxy-*`.
+    // `Connection: keep-alive`), rather than a removal for each hop-by-hop name.
     while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
         headers.remove(name);
     }
 }
 
+/// By name, as a match on the lower-case string: comparing against a list of `HeaderName`s would
+/// build (and drop) that list on every call, for every header of every message.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+    let name = name.as_str();
+    matches!(
+        name,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
 }
-
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-];
 
 #[cfg(test)]
 mod tests {

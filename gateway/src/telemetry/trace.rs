@@ -204,13 +204,24 @@ fn traceparent_of(span: &Span) -> Option<HeaderValue> {
     if !sc.is_valid() {
         return None;
     }
-    let text = format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    );
-    HeaderValue::try_from(text).ok()
+    Some(traceparent(
+        sc.trace_id().to_bytes(),
+        sc.span_id().to_bytes(),
+        sc.trace_flags().to_u8(),
+    ))
+}
+
+/// `00-{trace id}-{parent id}-{flags}` in lower-case hex, written into one buffer (no formatter:
+/// every request makes one).
+fn traceparent(trace_id: [u8; 16], parent_id: [u8; 8], flags: u8) -> HeaderValue {
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    // The slices are exactly twice the bytes' length, so encoding cannot fail.
+    let _ = hex::encode_to_slice(trace_id, &mut text[3..35]);
+    let _ = hex::encode_to_slice(parent_id, &mut text[36..52]);
+    let _ = hex::encode_to_slice([flags], &mut text[53..]);
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
+    })
 }
 
 /// `version-traceid-parentid-flags`: lower-case hex, ids not all zero, version not `ff`.
@@ -231,10 +242,11 @@ pub fn is_traceparent(v: &[u8]) -> bool {
 }
 
 fn new_traceparent() -> HeaderValue {
-    let text = format!("00-{:032x}-{:016x}-01", fastrand::u128(1..), fastrand::u64(1..));
-    HeaderValue::try_from(text).unwrap_or_else(|_| {
-        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
-    })
+    traceparent(
+        fastrand::u128(1..).to_be_bytes(),
+        fastrand::u64(1..).to_be_bytes(),
+        1,
+    )
 }
 
 #[cfg(test)]
