@@ -23,12 +23,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError};
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub mod balance;
 pub mod breaker;
+pub mod h1;
 mod idle_timeout;
 pub mod pool;
 pub mod retry;
@@ -43,7 +43,7 @@ use crate::telemetry::trace::{self, SpanBody, span};
 use balance::{Balancer, InFlight, Instance, InstanceStatus};
 use breaker::{Breaker, BreakerState};
 pub use idle_timeout::{IdleTimeout, IdleTimeoutError};
-use pool::{Connector, Lent, SendError};
+use pool::{Connector, ResponseBody, SendError};
 use retry::{Outcome, RetryPolicy};
 use tracing::Instrument;
 
@@ -64,7 +64,7 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
 /// A streamed upstream response body, cut off when the backend stalls between chunks and polled
 /// inside the attempt's span (which so ends with it). It holds the request's bulkhead slot and
 /// its instance's in-flight count until it is done.
-pub type UpstreamResponseBody = Guarded<SpanBody<IdleTimeout<Incoming>>>;
+pub type UpstreamResponseBody = Guarded<SpanBody<IdleTimeout<ResponseBody>>>;
 
 /// A service's instances and the client that reaches them, with everything that keeps a slow or
 /// failing service from taking others down: bulkhead, circuit breaker, retries within a budget,
@@ -152,9 +152,8 @@ impl Payload {
     reason = "lives on the stack for one attempt; boxing the response would allocate per request"
 )]
 enum Attempted {
-    /// With the HTTP/1.1 connection it came on, to give back when its body is done, and the
-    /// attempt's span, which ends with the body.
-    Ok(Response<Incoming>, Option<Lent>, tracing::Span),
+    /// With the attempt's span, which ends with the body.
+    Ok(Response<ResponseBody>, tracing::Span),
     Err(Outcome),
 }
 
@@ -337,9 +336,9 @@ impl Upstream {
             .instrument(attempt_span.clone())
             .await
             {
-                Ok(Ok((response, lent))) => (
+                Ok(Ok(response)) => (
                     Outcome::Status(response.status()),
-                    Attempted::Ok(response, lent, attempt_span.clone()),
+                    Attempted::Ok(response, attempt_span.clone()),
                 ),
                 Ok(Err(SendError::Connect(e, unsent))) => {
                     // Nothing went out: the headers and body go to the next attempt, if any.
@@ -350,10 +349,10 @@ impl Upstream {
                     (Outcome::Connect, Attempted::Err(Outcome::Connect))
                 }
                 Ok(Err(SendError::Failed(e))) => {
-                    if let Some(client_error) = client_body_error(&e) {
+                    if let Some(client_error) = client_body_error(&*e) {
                         return Err(client_error);
                     }
-                    tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&e), "upstream attempt failed");
+                    tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&*e), "upstream attempt failed");
                     (Outcome::Reset, Attempted::Err(Outcome::Reset))
                 }
                 Err(_) => {
@@ -415,11 +414,10 @@ impl Upstream {
             None => (fallback, None),
         };
         match (result, in_flight) {
-            (Attempted::Ok(response, conn, span), Some(in_flight)) => Ok(response.map(|body| Guarded {
+            (Attempted::Ok(response, span), Some(in_flight)) => Ok(response.map(|body| Guarded {
                 body: SpanBody::new(IdleTimeout::new(body, self.timeout), span),
-                conn,
                 _permit: permit,
-                in_flight,
+                _in_flight: in_flight,
             })),
             (Attempted::Err(Outcome::Timeout), _) => Err(GatewayError::UpstreamTimeout),
             _ => Err(GatewayError::UpstreamUnavailable),
@@ -525,29 +523,19 @@ impl Upstream {
         *request.uri_mut() = target;
         let probe = self.connector.send(&instance.address, request);
         match tokio::time::timeout(check.timeout, probe).await {
-            Ok(Ok((response, _))) => response.status().is_success(),
+            Ok(Ok(response)) => response.status().is_success(),
             _ => false,
         }
     }
 }
 
-/// A response body that holds on to what must last as long as the response does (the bulkhead
-/// slot, the in-flight count), and gives its HTTP/1.1 connection back to the instance's idle
-/// list when done.
+/// A response body that holds on to what must last as long as the response does: the bulkhead
+/// slot and the instance's in-flight count.
 #[derive(Debug)]
 pub struct Guarded<B> {
     body: B,
-    conn: Option<Lent>,
     _permit: OwnedSemaphorePermit,
-    in_flight: InFlight,
-}
-
-impl<B> Drop for Guarded<B> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.in_flight.instance().address.give_back(conn);
-        }
-    }
+    _in_flight: InFlight,
 }
 
 impl<B: Body + Unpin> Body for Guarded<B> {

@@ -3,23 +3,28 @@
 //! HTTP/1.1 connections kept alive between requests, or the one HTTP/2 connection when TLS
 //! negotiated `h2`.
 //!
-//! Built on hyper's connection API instead of hyper-util's pooled client, which on every request
-//! hashed a pool key, raced a checkout against a connect and spawned a task to wait for the
-//! connection to come back. Here an HTTP/1.1 connection goes back to its instance's idle list when
-//! the response body that used it is done ([`super::Guarded`]), and a request takes the most
-//! recently used one (so surplus connections age out). A connect failure hands the request back
-//! untouched, so it can go to another instance whatever its body; so does a pooled connection
-//! found closed before anything was written to it.
+//! HTTP/1.1 goes through the gateway's own client codec ([`super::h1`]), driven by the request's
+//! task; HTTP/2 (negotiated by ALPN over TLS) through hyper's, on one shared connection. An
+//! HTTP/1.1 connection goes back to its instance's idle list the moment the response body that
+//! used it has ended ([`Http1Body`]), and a request takes the most recently used one (so surplus
+//! connections age out) after checking, without waiting, that the backend has not closed it. A
+//! connect failure hands the request back untouched, so it can go to another instance whatever
+//! its body; so does a pooled connection that failed before any of the request was written.
 
 use std::error::Error as StdError;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,11 +33,15 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::UpstreamBody;
+use super::h1::{self, Failure};
 
 /// How long an idle connection is kept before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+/// A connection as the HTTP/1.1 codec reads and writes it.
+type Stream = TokioIo<Io>;
+type Http1 = h1::Connection<Stream>;
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Opens connections to a service's instances.
@@ -54,13 +63,9 @@ pub struct Address {
 #[derive(Debug, Default)]
 struct Idle {
     /// Oldest first; a request takes the last one.
-    http1: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
+    http1: Vec<(Http1, Instant)>,
     http2: Option<http2::SendRequest<UpstreamBody>>,
 }
-
-/// An HTTP/1.1 connection lent to one request, given back to its [`Address`] with
-/// [`Address::give_back`] once the response body is done.
-pub type Lent = http1::SendRequest<UpstreamBody>;
 
 /// Why a request got no response.
 #[derive(Debug)]
@@ -68,11 +73,11 @@ pub enum SendError {
     /// No connection could be made; nothing was sent, and the request comes back unchanged.
     Connect(BoxError, Box<Request<UpstreamBody>>),
     /// The request was (or may have been) sent and then failed.
-    Failed(hyper::Error),
+    Failed(BoxError),
 }
 
 enum Conn {
-    Http1(http1::SendRequest<UpstreamBody>),
+    Http1(Http1),
     Http2(http2::SendRequest<UpstreamBody>),
 }
 
@@ -92,13 +97,12 @@ impl Connector {
     }
 
     /// Sends `request` (its URI only a path and query) to `address` on an idle connection or a
-    /// new one. An HTTP/1.1 response comes with the connection it used, to give back when its
-    /// body is done.
+    /// new one, and returns the response once its head is in; the body streams.
     pub async fn send(
         &self,
         address: &Address,
         mut request: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Option<Lent>), SendError> {
+    ) -> Result<Response<ResponseBody>, SendError> {
         loop {
             let (conn, pooled) = match address.take_idle() {
                 Some(conn) => (conn, true),
@@ -107,12 +111,21 @@ impl Connector {
                     Err(e) => return Err(SendError::Connect(e, Box::new(request))),
                 },
             };
-            let sent = match conn {
-                Conn::Http1(mut sender) => {
+            // A connection that failed before the request was written to it hands the request
+            // back. A pooled one (the backend ended an idle keep-alive connection just now): try
+            // the next one. A new one (a backend that closes what it accepts): as a failed
+            // connect, so it never loops.
+            match conn {
+                Conn::Http1(conn) => {
                     request.headers_mut().insert(HOST, address.host.clone());
-                    match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response, Some(sender))),
-                        Err(e) => e,
+                    match conn.send(request).await {
+                        Ok(response) => {
+                            let home = address.idle.clone();
+                            return Ok(response.map(|body| ResponseBody::Http1(Http1Body { body, home })));
+                        }
+                        Err(Failure::Unsent(_, unsent)) if pooled => request = *unsent,
+                        Err(Failure::Unsent(e, unsent)) => return Err(SendError::Connect(e.into(), unsent)),
+                        Err(Failure::Sent(e)) => return Err(SendError::Failed(e.into())),
                     }
                 }
                 Conn::Http2(mut sender) => {
@@ -122,21 +135,18 @@ impl Connector {
                         Ok(uri) => *request.uri_mut() = uri,
                         Err(e) => return Err(SendError::Connect(e.into(), Box::new(request))),
                     }
-                    match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response, None)),
+                    let mut failed = match sender.try_send_request(request).await {
+                        Ok(response) => return Ok(response.map(ResponseBody::Http2)),
                         Err(e) => e,
+                    };
+                    match failed.take_message() {
+                        Some(unsent) if pooled => request = unsent,
+                        Some(unsent) => {
+                            return Err(SendError::Connect(failed.into_error().into(), Box::new(unsent)));
+                        }
+                        None => return Err(SendError::Failed(failed.into_error().into())),
                     }
                 }
-            };
-            // A connection that closed before the request was written to it hands the request
-            // back. A pooled one (the backend ended an idle keep-alive connection just now): try
-            // the next one. A new one (a backend that closes what it accepts): as a failed
-            // connect, so it never loops.
-            let mut sent = sent;
-            match sent.take_message() {
-                Some(unsent) if pooled => request = unsent,
-                Some(unsent) => return Err(SendError::Connect(sent.into_error().into(), Box::new(unsent))),
-                None => return Err(SendError::Failed(sent.into_error())),
             }
         }
     }
@@ -157,13 +167,11 @@ impl Connector {
             lock(&address.idle).http2 = Some(sender.clone());
             return Ok(Conn::Http2(sender));
         }
-        let (sender, connection) = http1::handshake::<Io, UpstreamBody>(io).await?;
-        tokio::spawn(drive(connection));
-        Ok(Conn::Http1(sender))
+        Ok(Conn::Http1(h1::Connection::new(TokioIo::new(io))))
     }
 }
 
-/// Runs a connection until it closes; its errors reach the request that was using it.
+/// Runs an HTTP/2 connection until it closes; its errors reach the requests that were using it.
 async fn drive<F: Future<Output = hyper::Result<()>>>(connection: F) {
     if let Err(e) = connection.await {
         tracing::debug!(error = %e, "upstream connection closed");
@@ -182,33 +190,12 @@ impl Address {
         }
     }
 
-    /// Keeps an HTTP/1.1 connection for the next request if it is ready for one (its last
-    /// response was read to the end); otherwise it is dropped, which closes it.
-    pub fn give_back(&self, conn: Lent) {
-        if conn.is_ready() {
-            let now = Instant::now();
-            lock(&self.idle).http1.push((conn, now));
-        } else if !conn.is_closed()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            // Still finishing its last response (on a multi-threaded runtime this can run before
-            // the connection's task has taken in the end of the body): keep it once it is ready.
-            let idle = self.idle.clone();
-            let mut conn = conn;
-            runtime.spawn(async move {
-                if conn.ready().await.is_ok() {
-                    lock(&idle).http1.push((conn, Instant::now()));
-                }
-            });
-        }
-    }
-
     /// Closes idle connections that the backend closed or that waited longer than
     /// [`IDLE_TIMEOUT`].
     pub fn sweep(&self, now: Instant) {
         let mut idle = lock(&self.idle);
         idle.http1
-            .retain(|(conn, since)| !conn.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+            .retain_mut(|(conn, since)| now.duration_since(*since) < IDLE_TIMEOUT && conn.is_usable());
         if idle.http2.as_ref().is_some_and(|c| c.is_closed()) {
             idle.http2 = None;
         }
@@ -225,14 +212,14 @@ impl Address {
             }
         }
         let now = Instant::now();
-        while let Some((sender, since)) = idle.http1.pop() {
+        while let Some((mut conn, since)) = idle.http1.pop() {
             if now.duration_since(since) >= IDLE_TIMEOUT {
                 // The rest are older still.
                 idle.http1.clear();
                 break;
             }
-            if sender.is_ready() {
-                return Some(Conn::Http1(sender));
+            if conn.is_usable() {
+                return Some(Conn::Http1(conn));
             }
         }
         None
@@ -248,6 +235,72 @@ impl Address {
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
             .build()
+    }
+}
+
+/// A response body from either protocol.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Http1(Http1Body),
+    Http2(Incoming),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Http1(body) => body.poll_frame(cx),
+            ResponseBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Http1(body) => body.body.is_end_stream(),
+            ResponseBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Http1(body) => body.body.size_hint(),
+            ResponseBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// An HTTP/1.1 response body that gives its connection back to the instance's idle list as soon
+/// as it ends (or, if nobody read it to the end but it had ended, when it is dropped).
+#[derive(Debug)]
+pub struct Http1Body {
+    body: h1::ResponseBody<Stream>,
+    home: Arc<Mutex<Idle>>,
+}
+
+impl Http1Body {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into);
+        if self.body.is_end_stream() {
+            self.release();
+        }
+        polled
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.body.into_reusable() {
+            lock(&self.home).http1.push((conn, Instant::now()));
+        }
+    }
+}
+
+impl Drop for Http1Body {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -1,0 +1,713 @@
+//! HTTP/1.1 to a backend, on a connection driven by the task that sends the request.
+//!
+//! hyper's client connection runs in a task of its own: a request crossed a channel to reach it,
+//! the response head came back on a oneshot and the body on another channel, so every proxied
+//! request woke two tasks several times. Here the request's own task writes the request, parses
+//! the response head (httparse, header values sliced out of the read buffer without copies) and
+//! reads the body straight from the socket as the client takes it, as nginx's upstream module
+//! does. A proxied request now costs one task, woken when the client's request arrives and when
+//! the backend's answer does.
+//!
+//! What the codec does, as RFC 9112 asks of a client:
+//! - **Request framing** from the body: none for a bodiless request, `Content-Length` when its
+//!   size is known, else `Transfer-Encoding: chunked`; a `Transfer-Encoding` or stale
+//!   `Content-Length` in the given headers is never sent. A body that yields more or less than
+//!   its declared length fails the request rather than desynchronize the connection.
+//! - **Response framing:** no body for `HEAD`, `204` and `304`; chunked when it is the final
+//!   transfer-coding (extensions ignored, trailers passed on); else `Content-Length`, whose copies
+//!   must agree; else the body runs to the end of the connection. Interim `1xx` answers are
+//!   skipped; `101` is refused (the gateway never asks for an upgrade).
+//! - **Early answers:** the request body keeps streaming while the response is read, so a backend
+//!   may answer first (a `413`, or a full-duplex echo); a write failure then does not hide the
+//!   answer.
+//! - **Reuse:** a connection goes back to its instance only when the response said keep-alive,
+//!   both messages ended exactly, and nothing unasked-for was left in the read buffer. An idle
+//!   connection is checked without blocking before it is reused ([`Connection::is_usable`]).
+//! - **Limits:** a response head of at most 64 KiB and 100 headers, chunk-size lines of 4 KiB,
+//!   trailers of 16 KiB. Past them the request fails with a clear error.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+use super::UpstreamBody;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The most a response head (status line and headers) may take.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// The most a chunk-size line (with its extensions) may take.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+/// Buffers handed to one vectored write.
+const MAX_SLICES: usize = 16;
+
+/// Why a request or its response failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the request failed: {0}")]
+    Write(#[source] io::Error),
+    #[error("reading the response failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("the backend closed the connection before it answered")]
+    ClosedBeforeResponse,
+    #[error("the backend closed the connection before the response ended")]
+    ClosedEarly,
+    #[error("the response head is malformed: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("the response head is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the response is invalid: {0}")]
+    Invalid(&'static str),
+    #[error("reading the request body failed")]
+    Body(#[source] BoxError),
+    #[error("the request body is {0} than its Content-Length")]
+    BodyLength(&'static str),
+}
+
+/// Why [`Connection::send`] got no response.
+#[derive(Debug)]
+pub enum Failure {
+    /// Nothing reached the backend (the connection failed on its first write); the request comes
+    /// back whole.
+    Unsent(Error, Box<Request<UpstreamBody>>),
+    /// The request was, or may have been, sent.
+    Sent(Error),
+}
+
+/// One HTTP/1.1 connection to a backend, idle or serving one request at a time.
+#[derive(Debug)]
+pub struct Connection<S> {
+    io: S,
+    read: BytesMut,
+    /// The request head being written, and how much of it went out.
+    head: Vec<u8>,
+    head_written: usize,
+    /// Body bytes (framing included) waiting to be written, front first.
+    queue: VecDeque<Bytes>,
+    /// The rest of the request body, while it lasts.
+    body: Option<BodyWriter>,
+    /// A write failed: the request cannot be finished, and the connection is not reused.
+    write_failed: bool,
+}
+
+#[derive(Debug)]
+struct BodyWriter {
+    body: UpstreamBody,
+    framing: Framing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `Content-Length`: the bytes still owed.
+    Length(u64),
+    Chunked,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(io: S) -> Self {
+        Self {
+            io,
+            read: BytesMut::with_capacity(READ_SIZE),
+            head: Vec::with_capacity(512),
+            head_written: 0,
+            queue: VecDeque::new(),
+            body: None,
+            write_failed: false,
+        }
+    }
+
+    /// Whether an idle connection can take a request: the backend has not closed it or sent
+    /// anything unasked for. Never waits; usually costs no system call, since the reactor has
+    /// already marked the socket unreadable.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.read).is_pending()
+    }
+
+    /// Sends `request` (its URI in origin form, `Host` among its headers) and waits for the
+    /// response head. The response's body reads the rest from this connection and hands it back
+    /// with [`ResponseBody::into_reusable`].
+    pub async fn send(
+        mut self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody<S>>, Failure> {
+        let (parts, body) = request.into_parts();
+        let framing = self.encode_head(&parts, &body);
+        let head_only = parts.method == Method::HEAD;
+        self.body = framing.map(|framing| BodyWriter { body, framing });
+        // Nothing else goes out until the head has: a failure on the first write leaves the
+        // request unsent, and it is handed back whole.
+        match std::future::poll_fn(|cx| self.poll_write_head(cx)).await {
+            Ok(()) => {}
+            Err(e) if self.head_written == 0 => {
+                let body = self.body.take().map_or_else(super::empty, |w| w.body);
+                return Err(Failure::Unsent(e, Box::new(Request::from_parts(parts, body))));
+            }
+            Err(e) => return Err(Failure::Sent(e)),
+        }
+        drop(parts);
+        let head = std::future::poll_fn(|cx| {
+            // The body streams while the answer is awaited: a backend may answer before it has
+            // read everything. Only the client's own body failing ends the request here.
+            if let Poll::Ready(Err(e @ (Error::Body(_) | Error::BodyLength(_)))) = self.poll_write(cx) {
+                return Poll::Ready(Err(e));
+            }
+            self.poll_read_head(cx, head_only)
+        })
+        .await
+        .map_err(Failure::Sent)?;
+        let (head, kind, keep_alive) = head;
+        Ok(head.map(|()| ResponseBody {
+            conn: Some(self),
+            kind,
+            keep_alive,
+        }))
+    }
+
+    /// Writes the request line and headers into `self.head`, with the framing the body needs.
+    fn encode_head(&mut self, parts: &Parts, body: &UpstreamBody) -> Option<Framing> {
+        let framing = if body.is_end_stream() {
+            None
+        } else {
+            Some(match body.size_hint().exact() {
+                Some(len) => Framing::Length(len),
+                None => Framing::Chunked,
+            })
+        };
+        let head = &mut self.head;
+        head.clear();
+        self.head_written = 0;
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.push(b' ');
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            // The framing is this hop's: what the body needs is written below.
+            if name == TRANSFER_ENCODING || (framing.is_some() && name == CONTENT_LENGTH) {
+                continue;
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        match framing {
+            Some(Framing::Length(len)) => {
+                head.extend_from_slice(b"content-length: ");
+                push_decimal(head, len);
+                head.extend_from_slice(b"\r\n");
+            }
+            Some(Framing::Chunked) => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            None => {}
+        }
+        head.extend_from_slice(b"\r\n");
+        framing
+    }
+
+    fn poll_write_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        while self.head_written < self.head.len() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.head[self.head_written..])) {
+                Ok(0) => return Poll::Ready(Err(Error::Write(io::ErrorKind::WriteZero.into()))),
+                Ok(n) => self.head_written += n,
+                Err(e) => {
+                    self.write_failed = true;
+                    return Poll::Ready(Err(Error::Write(e)));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Moves the request body along: writes what is queued, then takes the body's next frame.
+    /// Ready(Ok) once all of it went out. A failure ends the writing for good (the connection
+    /// is then not reused) but leaves the reading to go on.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.write_failed {
+            return Poll::Ready(Ok(()));
+        }
+        let result = self.poll_write_inner(cx);
+        if let Poll::Ready(Err(_)) = result {
+            self.write_failed = true;
+            self.body = None;
+            self.queue.clear();
+        }
+        result
+    }
+
+    fn poll_write_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            while !self.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                for (slot, chunk) in slices.iter_mut().zip(&self.queue) {
+                    *slot = IoSlice::new(chunk);
+                    count += 1;
+                }
+                let n = match ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count])) {
+                    Ok(0) => return Poll::Ready(Err(Error::Write(io::ErrorKind::WriteZero.into()))),
+                    Ok(n) => n,
+                    Err(e) => return Poll::Ready(Err(Error::Write(e))),
+                };
+                advance(&mut self.queue, n);
+            }
+            if let Err(e) = ready!(Pin::new(&mut self.io).poll_flush(cx)) {
+                return Poll::Ready(Err(Error::Write(e)));
+            }
+            let Some(writer) = &mut self.body else {
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(&mut writer.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers are not sent: HTTP/1.1 backends rarely expect them on requests.
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match &mut writer.framing {
+                        Framing::Length(left) => {
+                            *left = left
+                                .checked_sub(data.len() as u64)
+                                .ok_or(Error::BodyLength("longer"))?;
+                            self.queue.push_back(data);
+                        }
+                        Framing::Chunked => {
+                            let mut size = Vec::with_capacity(18);
+                            push_hex(&mut size, data.len() as u64);
+                            size.extend_from_slice(b"\r\n");
+                            self.queue.push_back(size.into());
+                            self.queue.push_back(data);
+                            self.queue.push_back(Bytes::from_static(b"\r\n"));
+                        }
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(Error::Body(e))),
+                None => {
+                    match writer.framing {
+                        Framing::Length(0) => {}
+                        Framing::Length(_) => return Poll::Ready(Err(Error::BodyLength("shorter"))),
+                        Framing::Chunked => self.queue.push_back(Bytes::from_static(b"0\r\n\r\n")),
+                    }
+                    self.body = None;
+                }
+            }
+        }
+    }
+
+    /// Whether the whole request went out.
+    fn request_written(&self) -> bool {
+        !self.write_failed && self.body.is_none() && self.queue.is_empty()
+    }
+
+    /// Reads until a final response head is in; interim (1xx) answers are skipped.
+    fn poll_read_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_only: bool,
+    ) -> Poll<Result<(Response<()>, Kind, bool), Error>> {
+        loop {
+            if !self.read.is_empty() {
+                if let Some(response) = parse_head(&mut self.read)? {
+                    if response.status().is_informational() {
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            return Poll::Ready(Err(Error::Invalid(
+                                "101 Switching Protocols was not asked for",
+                            )));
+                        }
+                        continue;
+                    }
+                    let (kind, framed) = body_kind(head_only, &response)?;
+                    let keep_alive = framed && keeps_alive(&response);
+                    return Poll::Ready(Ok((response, kind, keep_alive)));
+                }
+                if self.read.len() >= MAX_HEAD {
+                    return Poll::Ready(Err(Error::HeadTooLarge));
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(if self.read.is_empty() {
+                    Error::ClosedBeforeResponse
+                } else {
+                    Error::ClosedEarly
+                }));
+            }
+        }
+    }
+
+    /// One read into the buffer; Ready(Ok(0)) at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read).map_err(Error::Read)
+    }
+}
+
+/// Drops `n` written bytes from the front of `queue`.
+fn advance(queue: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = queue.front_mut() else { return };
+        if n < front.len() {
+            front.advance(n);
+            return;
+        }
+        n -= front.len();
+        queue.pop_front();
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+fn push_hex(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let nibbles = (16 - n.leading_zeros() as usize / 4).max(1);
+    for i in (0..nibbles).rev() {
+        out.push(HEX[((n >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+/// Parses a response head at the front of `buf` and removes it; `None` while it is incomplete.
+/// Header values are slices of one shared buffer, not copies.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let code = parsed.code.unwrap_or_default();
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each name and value sit in the buffer, so the head can be frozen and sliced.
+    let start = buf.as_ptr() as usize;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = header.name.as_ptr() as usize - start;
+        let value = header.value.as_ptr() as usize - start;
+        // The head is at most MAX_HEAD bytes long, so offsets fit.
+        *span = (
+            name as u32,
+            (name + header.name.len()) as u32,
+            value as u32,
+            (value + header.value.len()) as u32,
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let mut response = Response::new(());
+    *response.status_mut() =
+        StatusCode::from_u16(code).map_err(|_| Error::Invalid("the status code is not valid"))?;
+    *response.version_mut() = version;
+    let map = response.headers_mut();
+    map.reserve(count);
+    for &(n0, n1, v0, v1) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
+            .map_err(|_| Error::Invalid("a header name is not valid"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
+            .map_err(|_| Error::Invalid("a header value is not valid"))?;
+        map.append(name, value);
+    }
+    Ok(Some(response))
+}
+
+/// How the response's body is delimited, and whether that lets the connection be reused.
+fn body_kind(head_only: bool, response: &Response<()>) -> Result<(Kind, bool), Error> {
+    let status = response.status();
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Kind::Done, true));
+    }
+    let headers = response.headers();
+    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        let chunked = last
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // With a Content-Length beside it the message was framed two ways: read it as chunked
+        // (RFC 9112 §6.3) and close the connection after it.
+        let framed = chunked && !headers.contains_key(CONTENT_LENGTH);
+        let kind = if chunked {
+            Kind::Chunked(Chunked::Size)
+        } else {
+            Kind::Eof
+        };
+        return Ok((kind, framed));
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let parsed = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or(Error::Invalid("Content-Length is not a number"))?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(Error::Invalid("Content-Length has differing values"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Kind::Done, true),
+        Some(len) => (Kind::Length(len), true),
+        None => (Kind::Eof, false),
+    })
+}
+
+/// Whether the backend keeps the connection open after this response.
+fn keeps_alive(response: &Response<()>) -> bool {
+    let says = |token: &[u8]| {
+        response.headers().get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    match response.version() {
+        Version::HTTP_11 => !says(b"close"),
+        _ => says(b"keep-alive"),
+    }
+}
+
+/// What is left of a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Done,
+    /// `Content-Length`: the bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// No length given: everything until the backend closes.
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk: its bytes still to come.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section and its empty line.
+    Trailers,
+}
+
+/// A response body read from its connection as it is polled. The request body's rest keeps
+/// streaming from here too.
+#[derive(Debug)]
+pub struct ResponseBody<S> {
+    /// `None` once the body failed or the connection was handed back.
+    conn: Option<Connection<S>>,
+    kind: Kind,
+    keep_alive: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ResponseBody<S> {
+    /// The connection, once this body ended and the connection can take another request.
+    pub fn into_reusable(&mut self) -> Option<Connection<S>> {
+        let conn = self.conn.as_ref()?;
+        if self.kind != Kind::Done || !self.keep_alive || !conn.request_written() || !conn.read.is_empty() {
+            return None;
+        }
+        self.conn.take()
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(conn) = &mut self.conn else {
+            return Poll::Ready(None);
+        };
+        // The rest of the request body, if any, goes out alongside (errors only stop the writing).
+        let _ = conn.poll_write(cx);
+        loop {
+            match &mut self.kind {
+                Kind::Done => return Poll::Ready(None),
+                Kind::Length(left) => {
+                    if conn.read.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::ClosedEarly)));
+                    }
+                    let take = conn.read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.kind = Kind::Done;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(conn.read.split_to(take).freeze()))));
+                }
+                Kind::Eof => {
+                    if conn.read.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                        self.kind = Kind::Done;
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(conn.read.split().freeze()))));
+                }
+                Kind::Chunked(state) => {
+                    match decode_chunked(state, &mut conn.read)? {
+                        Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Decoded::Trailers(trailers) => {
+                            self.kind = Kind::Done;
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                        }
+                        Decoded::NeedMore => {}
+                    }
+                    if ready!(conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::ClosedEarly)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<S> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        let polled = this.poll_next(cx);
+        if let Poll::Ready(Some(Err(_))) = polled {
+            // A broken connection is closed, never reused.
+            this.conn = None;
+            this.kind = Kind::Done;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kind == Kind::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.kind {
+            Kind::Done => SizeHint::with_exact(0),
+            Kind::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+enum Decoded {
+    Data(Bytes),
+    /// The body ended, with these trailers if it had any.
+    Trailers(Option<HeaderMap>),
+    NeedMore,
+}
+
+/// Decodes what `buf` holds of a chunked body, from `state` on.
+fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, Error> {
+    loop {
+        match state {
+            Chunked::Size => {
+                let Some(end) = buf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
+                    if buf.len() >= MAX_CHUNK_LINE {
+                        return Err(Error::Invalid("a chunk-size line is too long"));
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                let size = chunk_size(&buf[..end])?;
+                buf.advance(end + 1);
+                *state = if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                };
+            }
+            Chunked::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                if *left == 0 {
+                    *state = Chunked::DataEnd;
+                }
+                return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            }
+            Chunked::DataEnd => match &buf[..] {
+                [b'\r', b'\n', ..] => {
+                    buf.advance(2);
+                    *state = Chunked::Size;
+                }
+                [b'\n', ..] => {
+                    buf.advance(1);
+                    *state = Chunked::Size;
+                }
+                [] | [b'\r'] => return Ok(Decoded::NeedMore),
+                _ => return Err(Error::Invalid("a chunk is longer than its size")),
+            },
+            Chunked::Trailers => {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let (len, parsed) = match httparse::parse_headers(buf, &mut headers)? {
+                    httparse::Status::Complete(done) => done,
+                    httparse::Status::Partial if buf.len() >= MAX_TRAILERS => {
+                        return Err(Error::Invalid("the trailers are too large"));
+                    }
+                    httparse::Status::Partial => return Ok(Decoded::NeedMore),
+                };
+                let trailers = (!parsed.is_empty())
+                    .then(|| {
+                        parsed
+                            .iter()
+                            .map(|h| {
+                                Ok((
+                                    HeaderName::from_bytes(h.name.as_bytes())
+                                        .map_err(|_| Error::Invalid("a trailer name is not valid"))?,
+                                    HeaderValue::from_bytes(h.value)
+                                        .map_err(|_| Error::Invalid("a trailer value is not valid"))?,
+                                ))
+                            })
+                            .collect::<Result<HeaderMap, Error>>()
+                    })
+                    .transpose()?;
+                buf.advance(len);
+                return Ok(Decoded::Trailers(trailers));
+            }
+        }
+    }
+}
+
+/// The size on a chunk-size line (`1a;name=value\r`): hex digits, then optional extensions.
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+        return Err(Error::Invalid("a chunk size is malformed"));
+    }
+    line[..digits].iter().try_fold(0u64, |size, &b| {
+        let digit = (b as char).to_digit(16).unwrap_or_default();
+        size.checked_mul(16)
+            .map(|s| s + u64::from(digit))
+            .ok_or(Error::Invalid("a chunk size is malformed"))
+    })
+}
