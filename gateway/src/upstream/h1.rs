@@ -143,8 +143,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Sends `request` (its URI in origin form, `Host` among its headers) and waits for the
     /// response head. The response's body reads the rest from this connection and hands it back
     /// with [`ResponseBody::into_reusable`].
+    ///
+    /// Boxed, as pooled: with TLS state a connection is over a kilobyte, moved at every turn.
     pub async fn send(
-        mut self,
+        mut self: Box<Self>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody<S>>, Failure> {
         let (parts, body) = request.into_parts();
@@ -172,8 +174,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         })
         .await
         .map_err(Failure::Sent)?;
-        let (head, kind, keep_alive) = head;
-        Ok(head.map(|()| ResponseBody {
+        let Head {
+            response,
+            kind,
+            keep_alive,
+        } = head;
+        Ok(response.map(|()| ResponseBody {
             conn: Some(self),
             kind,
             keep_alive,
@@ -316,11 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Reads until a final response head is in; interim (1xx) answers are skipped.
-    fn poll_read_head(
-        &mut self,
-        cx: &mut Context<'_>,
-        head_only: bool,
-    ) -> Poll<Result<(Response<()>, Kind, bool), Error>> {
+    fn poll_read_head(&mut self, cx: &mut Context<'_>, head_only: bool) -> Poll<Result<Head, Error>> {
         loop {
             if !self.read.is_empty() {
                 if let Some(response) = parse_head(&mut self.read)? {
@@ -334,7 +336,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     let (kind, framed) = body_kind(head_only, &response)?;
                     let keep_alive = framed && keeps_alive(&response);
-                    return Poll::Ready(Ok((response, kind, keep_alive)));
+                    return Poll::Ready(Ok(Head {
+                        response,
+                        kind,
+                        keep_alive,
+                    }));
                 }
                 if self.read.len() >= MAX_HEAD {
                     return Poll::Ready(Err(Error::HeadTooLarge));
@@ -357,6 +363,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read).map_err(Error::Read)
     }
+}
+
+/// A final response head, and how its body is delimited.
+struct Head {
+    response: Response<()>,
+    kind: Kind,
+    /// Whether the connection may serve another request after this response.
+    keep_alive: bool,
 }
 
 /// Drops `n` written bytes from the front of `queue`.
@@ -528,14 +542,14 @@ enum Chunked {
 #[derive(Debug)]
 pub struct ResponseBody<S> {
     /// `None` once the body failed or the connection was handed back.
-    conn: Option<Connection<S>>,
+    conn: Option<Box<Connection<S>>>,
     kind: Kind,
     keep_alive: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ResponseBody<S> {
     /// The connection, once this body ended and the connection can take another request.
-    pub fn into_reusable(&mut self) -> Option<Connection<S>> {
+    pub fn into_reusable(&mut self) -> Option<Box<Connection<S>>> {
         let conn = self.conn.as_ref()?;
         if self.kind != Kind::Done || !self.keep_alive || !conn.request_written() || !conn.read.is_empty() {
             return None;
@@ -710,4 +724,451 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
             .map(|s| s + u64::from(digit))
             .ok_or(Error::Invalid("a chunk size is malformed"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+
+    fn full(text: &'static str) -> UpstreamBody {
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    /// A body of unknown length, sent as the receiver yields it.
+    fn channel() -> (tokio::sync::mpsc::Sender<&'static str>, UpstreamBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let part = rx.recv().await?;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(part.as_bytes()))),
+                rx,
+            ))
+        });
+        (tx, StreamBody::new(frames.boxed()).boxed_unsync())
+    }
+
+    fn request(method: Method, target: &str, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = target.parse().unwrap();
+        request
+            .headers_mut()
+            .insert("host", HeaderValue::from_static("backend"));
+        request
+    }
+
+    fn pair() -> (Box<Connection<DuplexStream>>, DuplexStream) {
+        let (client, server) = duplex(256 * 1024);
+        (Box::new(Connection::new(client)), server)
+    }
+
+    /// What the backend side received, read until `end` appears.
+    async fn received(server: &mut DuplexStream, end: &str) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0; 4096];
+        while !String::from_utf8_lossy(&seen).contains(end) {
+            let n = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+                .await
+                .expect("the request arrives")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(seen).unwrap()
+    }
+
+    async fn collect(body: &mut ResponseBody<DuplexStream>) -> Result<(String, Option<HeaderMap>), Error> {
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            match frame?.into_data() {
+                Ok(chunk) => data.extend_from_slice(&chunk),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        Ok((String::from_utf8(data).unwrap(), trailers))
+    }
+
+    /// Sends `request`, answers it with `answer` written a byte at a time (so every parser state
+    /// meets a buffer boundary), and returns the response with its body read out.
+    async fn exchange(
+        request: Request<UpstreamBody>,
+        answer: &'static str,
+    ) -> (
+        String,
+        Response<ResponseBody<DuplexStream>>,
+        Result<(String, Option<HeaderMap>), Error>,
+    ) {
+        let (conn, mut server) = pair();
+        let backend = tokio::spawn(async move {
+            let got = received(&mut server, "\r\n\r\n").await;
+            for byte in answer.as_bytes() {
+                // The client stops reading at a malformed answer.
+                if server.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            (got, server)
+        });
+        let mut response = conn.send(request).await.unwrap();
+        let body = collect(response.body_mut()).await;
+        let (got, _server) = backend.await.unwrap();
+        (got, response, body)
+    }
+
+    #[tokio::test]
+    async fn requests_are_framed_by_their_bodies() {
+        // No body: no framing headers, whatever the client's headers said.
+        let mut get = request(Method::GET, "/a?b=c", super::super::empty());
+        get.headers_mut()
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let (got, ..) = exchange(get, "HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(got, "GET /a?b=c HTTP/1.1\r\nhost: backend\r\n\r\n");
+
+        // A known size: Content-Length, the stale one replaced.
+        let mut post = request(Method::POST, "/p", full("hello"));
+        post.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let (conn, mut server) = pair();
+        let sent = tokio::spawn(conn.send(post));
+        let got = received(&mut server, "hello").await;
+        assert_eq!(
+            got,
+            "POST /p HTTP/1.1\r\nhost: backend\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(sent.await.unwrap().unwrap().status(), 200);
+
+        // An unknown size: chunked, ended with the last chunk.
+        let (tx, body) = channel();
+        let (conn, mut server) = pair();
+        let sent = tokio::spawn(conn.send(request(Method::PUT, "/u", body)));
+        tx.send("hello ").await.unwrap();
+        tx.send("chunked world, 26 bytes").await.unwrap();
+        drop(tx);
+        let got = received(&mut server, "0\r\n\r\n").await;
+        assert!(
+            got.starts_with("PUT /u HTTP/1.1\r\nhost: backend\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "{got}"
+        );
+        assert!(
+            got.ends_with("\r\n\r\n6\r\nhello \r\n17\r\nchunked world, 26 bytes\r\n0\r\n\r\n"),
+            "{got}"
+        );
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(sent.await.unwrap().unwrap().status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_declared_length_fails_the_request() {
+        let declared = |len| {
+            let (tx, body) = channel();
+            let body = http_body_util::combinators::UnsyncBoxBody::new(Sized(body, len));
+            (tx, body)
+        };
+        for (len, parts, expected) in [(3, vec!["four"], "longer"), (9, vec!["four"], "shorter")] {
+            let (tx, body) = declared(len);
+            let (conn, _server) = pair();
+            let sent = tokio::spawn(conn.send(request(Method::POST, "/", body)));
+            for part in parts {
+                tx.send(part).await.unwrap();
+            }
+            drop(tx);
+            match sent.await.unwrap() {
+                Err(Failure::Sent(Error::BodyLength(said))) => assert_eq!(said, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// A body that claims an exact length, whatever it yields.
+    struct Sized(UpstreamBody, u64);
+
+    impl Body for Sized {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Pin::new(&mut self.get_mut().0).poll_frame(cx)
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.1)
+        }
+    }
+
+    #[tokio::test]
+    async fn content_length_responses_are_read_exactly_and_the_connection_reused() {
+        let (conn, mut server) = pair();
+        let backend = tokio::spawn(async move {
+            for answer in ["first", "second"] {
+                received(&mut server, "\r\n\r\n").await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nx-tag: {answer}\r\ncontent-length: {}\r\n\r\n",
+                    answer.len()
+                );
+                server.write_all(head.as_bytes()).await.unwrap();
+                server.write_all(answer.as_bytes()).await.unwrap();
+            }
+            server
+        });
+        let mut response = conn
+            .send(request(Method::GET, "/1", super::super::empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-tag"], "first");
+        assert_eq!(response.body().size_hint().exact(), Some(5));
+        assert_eq!(collect(response.body_mut()).await.unwrap().0, "first");
+        let mut conn = response.body_mut().into_reusable().expect("kept alive");
+        assert!(conn.is_usable());
+        let mut response = conn
+            .send(request(Method::GET, "/2", super::super::empty()))
+            .await
+            .unwrap();
+        assert_eq!(collect(response.body_mut()).await.unwrap().0, "second");
+        let mut conn = response.body_mut().into_reusable().expect("kept alive");
+
+        // The backend closes the idle connection: it is no longer offered.
+        drop(backend.await.unwrap());
+        tokio::task::yield_now().await;
+        assert!(!conn.is_usable());
+    }
+
+    #[tokio::test]
+    async fn chunked_responses_are_decoded_across_any_boundaries() {
+        let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+                      5;name=value\r\nhello\r\n1\r\n \r\nA  ; ext\r\n0123456789\r\n0\r\nx-sum: 42\r\n\r\n";
+        let (_, mut response, body) =
+            exchange(request(Method::GET, "/", super::super::empty()), answer).await;
+        let (data, trailers) = body.unwrap();
+        assert_eq!(data, "hello 0123456789");
+        assert_eq!(trailers.unwrap()["x-sum"], "42");
+        assert!(response.body_mut().into_reusable().is_some());
+
+        // Without trailers, and with bare LF line ends.
+        let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nok\n0\r\n\r\n";
+        let (_, mut response, body) =
+            exchange(request(Method::GET, "/", super::super::empty()), answer).await;
+        assert_eq!(body.unwrap(), ("ok".to_owned(), None));
+        assert!(response.body_mut().into_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn bodiless_answers_interim_answers_and_the_end_of_the_connection() {
+        // HEAD, 204 and 304 have no body, whatever Content-Length says; 1xx answers are skipped.
+        for (method, answer) in [
+            (Method::HEAD, "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
+            (
+                Method::GET,
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n",
+            ),
+            (
+                Method::GET,
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            ),
+        ] {
+            let (_, mut response, body) = exchange(request(method, "/", super::super::empty()), answer).await;
+            assert_eq!(body.unwrap().0, "", "{answer}");
+            assert!(response.status() != 100 && response.status() != 103);
+            assert!(response.body_mut().into_reusable().is_some(), "{answer}");
+        }
+
+        // No length: the body runs to the end of the connection, which is then not reused; nor
+        // is one the backend said it would close, or an HTTP/1.0 one.
+        for (answer, body) in [
+            ("HTTP/1.1 200 OK\r\n\r\nuntil the end", "until the end"),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                "ok",
+            ),
+            ("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", "ok"),
+        ] {
+            let (conn, mut server) = pair();
+            let backend = tokio::spawn(async move {
+                received(&mut server, "\r\n\r\n").await;
+                server.write_all(answer.as_bytes()).await.unwrap();
+            });
+            let mut response = conn
+                .send(request(Method::GET, "/", super::super::empty()))
+                .await
+                .unwrap();
+            backend.await.unwrap();
+            assert_eq!(collect(response.body_mut()).await.unwrap().0, body, "{answer}");
+            assert!(response.body_mut().into_reusable().is_none(), "{answer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors_not_guesses() {
+        let head_errors = [
+            ("HTTP/1.1 200 OK\r\ncontent-length: 12abc\r\n\r\n", "not a number"),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n", "differing"),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+                "differing",
+            ),
+            ("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", "101"),
+            ("HTTP/1.1 2000 OK\r\n\r\n", "malformed"),
+            ("HTTP/1.1 200 OK\r\nbad header\r\n\r\n", "malformed"),
+        ];
+        for (answer, expected) in head_errors {
+            let (conn, mut server) = pair();
+            let backend = tokio::spawn(async move {
+                received(&mut server, "\r\n\r\n").await;
+                server.write_all(answer.as_bytes()).await.unwrap();
+                server
+            });
+            let result = conn.send(request(Method::GET, "/", super::super::empty())).await;
+            let Err(Failure::Sent(e)) = result else {
+                panic!("{answer}: {result:?}")
+            };
+            assert!(e.to_string().contains(expected), "{answer}: {e}");
+            drop(backend.await.unwrap());
+        }
+
+        let body_errors = [
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n11111111111111111\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n",
+        ];
+        for answer in body_errors {
+            let (_, mut response, body) =
+                exchange(request(Method::GET, "/", super::super::empty()), answer).await;
+            let e = body.unwrap_err();
+            assert!(e.to_string().contains("chunk"), "{answer}: {e}");
+            assert!(response.body_mut().into_reusable().is_none());
+        }
+
+        // Cut short: before the answer, inside the head, inside the body.
+        for answer in [
+            "",
+            "HTTP/1.1 200 OK\r\ncontent-",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab",
+        ] {
+            let (conn, mut server) = pair();
+            let backend = tokio::spawn(async move {
+                received(&mut server, "\r\n\r\n").await;
+                server.write_all(answer.as_bytes()).await.unwrap();
+            });
+            let result = conn.send(request(Method::GET, "/", super::super::empty())).await;
+            backend.await.unwrap();
+            let e = match result {
+                Err(Failure::Sent(e)) => e,
+                Ok(mut response) => collect(response.body_mut()).await.unwrap_err(),
+                Err(other) => panic!("{other:?}"),
+            };
+            assert!(e.to_string().contains("closed the connection"), "{answer:?}: {e}");
+        }
+
+        // A head past the limit.
+        let (conn, mut server) = pair();
+        let backend = tokio::spawn(async move {
+            received(&mut server, "\r\n\r\n").await;
+            let huge = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n", "a".repeat(MAX_HEAD));
+            let _ = server.write_all(huge.as_bytes()).await;
+            server
+        });
+        let result = conn.send(request(Method::GET, "/", super::super::empty())).await;
+        assert!(
+            matches!(result, Err(Failure::Sent(Error::HeadTooLarge))),
+            "{result:?}"
+        );
+        drop(backend.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_answer_during_an_upload_is_not_lost_and_bodies_can_flow_both_ways() {
+        // The backend refuses the upload at its head and closes: the 413 is the answer.
+        let (tx, body) = channel();
+        let (conn, mut server) = pair();
+        let sent = tokio::spawn(conn.send(request(Method::POST, "/upload", body)));
+        tx.send("the start").await.unwrap();
+        received(&mut server, "the start").await;
+        server
+            .write_all(b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbig")
+            .await
+            .unwrap();
+        drop(server);
+        let mut response = sent.await.unwrap().unwrap();
+        assert_eq!(response.status(), 413);
+        assert_eq!(collect(response.body_mut()).await.unwrap().0, "big");
+        assert!(response.body_mut().into_reusable().is_none());
+        drop(tx);
+
+        // An echo: the answer starts before the upload ends, and both keep flowing.
+        let (tx, body) = channel();
+        let (conn, mut server) = pair();
+        let sent = tokio::spawn(conn.send(request(Method::POST, "/echo", body)));
+        tx.send("ping").await.unwrap();
+        received(&mut server, "ping").await;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\npong\r\n")
+            .await
+            .unwrap();
+        let mut response = sent.await.unwrap().unwrap();
+        let first = response
+            .body_mut()
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(first, "pong");
+        tx.send("again").await.unwrap();
+        drop(tx);
+        let reading = tokio::spawn(async move {
+            let rest = collect(response.body_mut()).await.unwrap().0;
+            (rest, response.body_mut().into_reusable().is_some())
+        });
+        received(&mut server, "again\r\n0\r\n\r\n").await;
+        server.write_all(b"5\r\nagain\r\n0\r\n\r\n").await.unwrap();
+        assert_eq!(reading.await.unwrap(), ("again".to_owned(), true));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_first_write_hands_the_request_back() {
+        let (client, server) = duplex(1024);
+        drop(server);
+        let result = Box::new(Connection::new(client))
+            .send(request(Method::POST, "/x", full("kept")))
+            .await;
+        let Err(Failure::Unsent(_, unsent)) = result else {
+            panic!("{result:?}")
+        };
+        assert_eq!(unsent.uri(), "/x");
+        assert_eq!(unsent.into_body().collect().await.unwrap().to_bytes(), "kept");
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_hex() {
+        for n in [0, 7, 10, 255, 4096, u64::MAX] {
+            let (mut dec, mut hex) = (Vec::new(), Vec::new());
+            push_decimal(&mut dec, n);
+            push_hex(&mut hex, n);
+            assert_eq!(dec, n.to_string().into_bytes());
+            assert_eq!(hex, format!("{n:x}").into_bytes());
+        }
+        assert_eq!(chunk_size(b"1a\r").unwrap(), 26);
+        assert_eq!(chunk_size(b"FF ;x=y").unwrap(), 255);
+        assert!(chunk_size(b"").is_err());
+        assert!(chunk_size(b"-1").is_err());
+        assert!(chunk_size(b"1 x").is_err());
+    }
 }

@@ -147,10 +147,6 @@ impl Payload {
 }
 
 /// What one attempt produced: response headers, or how it failed.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "lives on the stack for one attempt; boxing the response would allocate per request"
-)]
 enum Attempted {
     /// With the attempt's span, which ends with the body.
     Ok(Response<ResponseBody>, tracing::Span),

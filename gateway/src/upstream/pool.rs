@@ -41,7 +41,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 /// A connection as the HTTP/1.1 codec reads and writes it.
 type Stream = TokioIo<Io>;
-type Http1 = h1::Connection<Stream>;
+/// Boxed: with its TLS state a connection is over a kilobyte, and it moves in and out of the
+/// idle list.
+type Http1 = Box<h1::Connection<Stream>>;
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Opens connections to a service's instances.
@@ -167,7 +169,7 @@ impl Connector {
             lock(&address.idle).http2 = Some(sender.clone());
             return Ok(Conn::Http2(sender));
         }
-        Ok(Conn::Http1(h1::Connection::new(TokioIo::new(io))))
+        Ok(Conn::Http1(Box::new(h1::Connection::new(TokioIo::new(io)))))
     }
 }
 
