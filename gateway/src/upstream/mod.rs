@@ -3,13 +3,15 @@
 //! circuit breaker (`breaker`), the bulkhead, load balancing with outlier ejection and active
 //! health checks (`balance`) live here, so they are written once.
 //!
-//! Requests go out on hyper's own HTTP/1.1 and HTTP/2 connections (`pool`): per instance a
-//! keep-alive list of idle connections, the service's connect timeout, http and https (rustls,
-//! webpki roots), redirects passed back to the client rather than followed, and no system proxy
-//! (`HTTP_PROXY` in the environment must not silently reroute backend traffic). Neither reqwest
-//! nor hyper-util's pooled client is on this path: reqwest parses a URL and copies the header map
-//! for its redirect bookkeeping on every request, and the pooled client hashes a pool key and
-//! spawns a task per request; both cost measured throughput (see bench/README.md).
+//! Requests go out on the connections `pool` keeps per instance: HTTP/1.1 through the gateway's
+//! own client codec (`h1`), driven by the request's task, and HTTP/2 (ALPN over TLS) through
+//! hyper's. The service's connect timeout, http and https (rustls, webpki roots), redirects passed
+//! back to the client rather than followed, and no system proxy (`HTTP_PROXY` in the environment
+//! must not silently reroute backend traffic). Neither reqwest nor a pooled client is on this path:
+//! reqwest parses a URL and copies the header map for its redirect bookkeeping on every request,
+//! hyper-util's pooled client hashes a pool key and spawns a task per request, and hyper's own
+//! HTTP/1.1 connection runs in a task of its own that every request and response crosses channels
+//! to reach; all of them cost measured throughput (see bench/README.md).
 
 use std::error::Error as StdError;
 use std::pin::Pin;
