@@ -321,11 +321,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         !self.write_failed && self.body.is_none() && self.queue.is_empty()
     }
 
+    /// Whether part of the request body is still to go out (and can).
+    fn uploading(&self) -> bool {
+        !self.write_failed && (self.body.is_some() || !self.queue.is_empty())
+    }
+
     /// Reads until a final response head is in; interim (1xx) answers are skipped.
     fn poll_read_head(&mut self, cx: &mut Context<'_>, head_only: bool) -> Poll<Result<Head, Error>> {
         loop {
             if !self.read.is_empty() {
-                if let Some(response) = parse_head(&mut self.read)? {
+                if let Some(mut response) = parse_head(&mut self.read)? {
                     if response.status().is_informational() {
                         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                             return Poll::Ready(Err(Error::Invalid(
@@ -334,7 +339,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         }
                         continue;
                     }
-                    let (kind, framed) = body_kind(head_only, &response)?;
+                    let (kind, framed) = body_kind(head_only, &mut response)?;
                     let keep_alive = framed && keeps_alive(&response);
                     return Poll::Ready(Ok(Head {
                         response,
@@ -414,6 +419,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     let len = match parsed.parse(buf)? {
+        httparse::Status::Complete(len) if len > MAX_HEAD => return Err(Error::HeadTooLarge),
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
@@ -430,7 +436,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
     for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
         let name = header.name.as_ptr() as usize - start;
         let value = header.value.as_ptr() as usize - start;
-        // The head is at most MAX_HEAD bytes long, so offsets fit.
+        // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
         *span = (
             name as u32,
             (name + header.name.len()) as u32,
@@ -438,11 +444,19 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
             (value + header.value.len()) as u32,
         );
     }
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("the status code is not valid"))?;
+    // A reason phrase of the backend's own goes to the client as it came, as hyper passes it on.
+    let reason = parsed
+        .reason
+        .filter(|r| status.canonical_reason() != Some(*r))
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
     let head = buf.split_to(len).freeze();
     let mut response = Response::new(());
-    *response.status_mut() =
-        StatusCode::from_u16(code).map_err(|_| Error::Invalid("the status code is not valid"))?;
+    *response.status_mut() = status;
     *response.version_mut() = version;
+    if let Some(reason) = reason {
+        response.extensions_mut().insert(reason);
+    }
     let map = response.headers_mut();
     map.reserve(count);
     for &(n0, n1, v0, v1) in &spans[..count] {
@@ -456,21 +470,23 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
 }
 
 /// How the response's body is delimited, and whether that lets the connection be reused.
-fn body_kind(head_only: bool, response: &Response<()>) -> Result<(Kind, bool), Error> {
+fn body_kind(head_only: bool, response: &mut Response<()>) -> Result<(Kind, bool), Error> {
     let status = response.status();
     if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Kind::Done, true));
     }
-    let headers = response.headers();
+    let http10 = response.version() == Version::HTTP_10;
+    let headers = response.headers_mut();
     if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
         let chunked = last
             .as_bytes()
             .rsplit(|&b| b == b',')
             .next()
             .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        // With a Content-Length beside it the message was framed two ways: read it as chunked
-        // (RFC 9112 §6.3) and close the connection after it.
-        let framed = chunked && !headers.contains_key(CONTENT_LENGTH);
+        // With a Content-Length beside it the message was framed two ways: read it as chunked,
+        // drop the Content-Length so it never reaches the client, and close the connection
+        // after it (RFC 9112 §6.3); so too for HTTP/1.0, which has no transfer-codings (§6.1).
+        let framed = chunked && !http10 && headers.remove(CONTENT_LENGTH).is_none();
         let kind = if chunked {
             Kind::Chunked(Chunked::Size)
         } else {
@@ -508,10 +524,7 @@ fn keeps_alive(response: &Response<()>) -> bool {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
         })
     };
-    match response.version() {
-        Version::HTTP_11 => !says(b"close"),
-        _ => says(b"keep-alive"),
-    }
+    !says(b"close") && (response.version() == Version::HTTP_11 || says(b"keep-alive"))
 }
 
 /// What is left of a response body.
@@ -561,10 +574,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ResponseBody<S> {
         let Some(conn) = &mut self.conn else {
             return Poll::Ready(None);
         };
-        // The rest of the request body, if any, goes out alongside (errors only stop the writing).
-        let _ = conn.poll_write(cx);
+        // The rest of the request body, if any, goes out alongside. The client's body failing
+        // fails the answer too (the backend would wait for the rest forever); the backend not
+        // reading it only stops the writing.
+        if let Poll::Ready(Err(e @ (Error::Body(_) | Error::BodyLength(_)))) = conn.poll_write(cx) {
+            return Poll::Ready(Some(Err(e)));
+        }
         loop {
             match &mut self.kind {
+                // A backend may answer before it has read the whole upload (a 202 at once): the
+                // body ends when the upload has gone out too, as it did with hyper's client.
+                // Unless the backend said it closes: then the rest is not sent (RFC 9112 §9.6).
+                Kind::Done if self.keep_alive && conn.uploading() => return Poll::Pending,
                 Kind::Done => return Poll::Ready(None),
                 Kind::Length(left) => {
                     if conn.read.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
@@ -618,7 +639,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<S> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.kind == Kind::Done
+        self.kind == Kind::Done && !(self.keep_alive && self.conn.as_ref().is_some_and(|c| c.uploading()))
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -714,8 +735,11 @@ fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, Er
 fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = line[digits..].trim_ascii_start();
-    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+    // Only spaces and tabs before the extensions, and no stray CR anywhere: a line another hop
+    // could end elsewhere is refused.
+    let rest = &line[digits..];
+    let rest = &rest[rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..];
+    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
         return Err(Error::Invalid("a chunk size is malformed"));
     }
     line[..digits].iter().try_fold(0u64, |size, &b| {
@@ -961,6 +985,17 @@ mod tests {
         assert_eq!(trailers.unwrap()["x-sum"], "42");
         assert!(response.body_mut().into_reusable().is_some());
 
+        // Framed two ways: read as chunked, the Content-Length dropped, the connection closed.
+        let answer = "HTTP/1.1 299 Fine Indeed\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n";
+        let (_, mut response, body) =
+            exchange(request(Method::GET, "/", super::super::empty()), answer).await;
+        assert_eq!(body.unwrap().0, "0123456789");
+        assert!(!response.headers().contains_key(CONTENT_LENGTH));
+        assert!(response.body_mut().into_reusable().is_none());
+        // The backend's own reason phrase is kept for the client.
+        let reason = response.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert_eq!(reason.as_bytes(), b"Fine Indeed");
+
         // Without trailers, and with bare LF line ends.
         let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nok\n0\r\n\r\n";
         let (_, mut response, body) =
@@ -998,6 +1033,15 @@ mod tests {
                 "ok",
             ),
             ("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", "ok"),
+            // "close" wins over "keep-alive"; HTTP/1.0 has no chunked framing to trust.
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                "ok",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                "ok",
+            ),
         ] {
             let (conn, mut server) = pair();
             let backend = tokio::spawn(async move {
@@ -1143,6 +1187,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_that_ends_before_the_upload_waits_for_it() {
+        let (tx, body) = channel();
+        let (conn, mut server) = pair();
+        let sent = tokio::spawn(conn.send(request(Method::POST, "/later", body)));
+        tx.send("first").await.unwrap();
+        received(&mut server, "first").await;
+        server
+            .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = sent.await.unwrap().unwrap();
+        assert_eq!(response.status(), 202);
+        assert!(!response.body().is_end_stream(), "the upload is still going");
+        let reading = tokio::spawn(async move {
+            let rest = collect(response.body_mut()).await.unwrap().0;
+            (rest, response.body_mut().into_reusable().is_some())
+        });
+        tx.send("second").await.unwrap();
+        drop(tx);
+        let got = received(&mut server, "0\r\n\r\n").await;
+        assert!(got.contains("second"), "{got}");
+        assert_eq!(reading.await.unwrap(), (String::new(), true));
+    }
+
+    #[tokio::test]
+    async fn a_client_body_failing_after_the_answer_began_fails_the_answer() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) });
+        let body = StreamBody::new(frames.boxed()).boxed_unsync();
+        let (conn, mut server) = pair();
+        let sent = tokio::spawn(conn.send(request(Method::POST, "/echo", body)));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"ping"))))
+            .await
+            .unwrap();
+        received(&mut server, "ping").await;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\npong\r\n")
+            .await
+            .unwrap();
+        let mut response = sent.await.unwrap().unwrap();
+        tx.send(Err("the client went away".into())).await.unwrap();
+        let e = collect(response.body_mut()).await.unwrap_err();
+        assert!(matches!(e, Error::Body(_)), "{e}");
+        assert!(response.body_mut().into_reusable().is_none());
+    }
+
+    #[tokio::test]
     async fn a_connection_closed_before_the_first_write_hands_the_request_back() {
         let (client, server) = duplex(1024);
         drop(server);
@@ -1170,5 +1261,8 @@ mod tests {
         assert!(chunk_size(b"").is_err());
         assert!(chunk_size(b"-1").is_err());
         assert!(chunk_size(b"1 x").is_err());
+        assert!(chunk_size(b"5\r;x\r").is_err());
+        assert!(chunk_size(b"5\r\r").is_err());
+        assert!(chunk_size(b"5 \t;a=\"b\"").is_ok());
     }
 }

@@ -563,11 +563,23 @@ const CLIENT_BODY_UNREADABLE: GatewayError = GatewayError::BadRequest("the reque
 pub(crate) fn client_body_error(e: &(dyn StdError + 'static)) -> Option<GatewayError> {
     if has_source::<LengthLimitError>(e) {
         Some(GatewayError::PayloadTooLarge { limit: 0 })
-    } else if has_source::<ClientBodyError>(e) {
+    } else if has_source::<ClientBodyError>(e) || is_body_length_error(e) {
         Some(CLIENT_BODY_UNREADABLE)
     } else {
         None
     }
+}
+
+/// A request body that yielded more or less than the length it declared: the client's doing.
+fn is_body_length_error(e: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(h1::Error::BodyLength(_)) = err.downcast_ref::<h1::Error>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 fn has_source<E: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
