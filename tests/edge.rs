@@ -500,6 +500,42 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(reply.is_empty() || first_status(&reply) == 408, "{reply}");
 }
 
+/// The head timer runs between requests too: a keep-alive connection that sends no next request is
+/// closed after `header_read_timeout`. A request being served is never cut off by it, however long
+/// its answer takes to start or to stream.
+#[tokio::test]
+async fn the_head_timer_closes_idle_connections_but_never_a_request_being_served() {
+    let users = demo(USERS).await;
+    let gw = gateway(&format!(
+        "[server]\nheader_read_timeout = \"300ms\"\n{}",
+        one_route(&users.url(), "")
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let reply = until_closed(gw.addr, b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .expect("the gateway closed the idle keep-alive connection");
+    assert_eq!(first_status(&reply), 200, "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+
+    // An answer that starts after three timeouts, and one that streams for four.
+    let c = client();
+    let r = c.get(format!("{}/health?delay_ms=1000", gw.url())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{}/events?n=4&interval_ms=350", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("the stream ran to its end");
+    assert_eq!(text.matches("data:").count(), 4, "{text}");
+}
+
 /// Before its first byte the listener does not know HTTP/1 from h2c, and hyper's header timer has
 /// not started: a client that sends nothing, or half of the HTTP/2 preface, is cut off all the same.
 #[tokio::test]

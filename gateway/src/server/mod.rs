@@ -26,6 +26,9 @@ use tokio::task::JoinHandle;
 
 use crate::edge::Gateway;
 
+mod head_timer;
+use head_timer::HeadTimer;
+
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     listener: TcpListener,
@@ -94,9 +97,10 @@ enum Protocol {
     H2c,
 }
 
-/// HTTP/1.1 with a header-read timeout, and h2c. hyper's own builders, each chosen by
-/// [`first_bytes`], rather than hyper-util's auto builder, which would sniff the same bytes again
-/// and wrap every read of the connection to replay them.
+/// HTTP/1.1 and h2c. hyper's own builders, each chosen by [`first_bytes`], rather than
+/// hyper-util's auto builder, which would sniff the same bytes again and wrap every read of the
+/// connection to replay them. The HTTP/1 header-read timeout is the connection's [`HeadTimer`],
+/// not hyper's (which arms a new timer for every request).
 #[derive(Clone)]
 struct Builders {
     http1: http1::Builder,
@@ -104,11 +108,9 @@ struct Builders {
 }
 
 impl Builders {
-    fn new(header_read_timeout: Duration) -> Self {
+    fn new() -> Self {
         let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
+        http1.timer(TokioTimer::new());
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -119,8 +121,8 @@ impl Builders {
 
 /// Accepts connections until `shutdown`, each served by `service(peer)` in a task of its own
 /// and watched by `graceful`; at most `max_connections` are open at once. A connection's first
-/// bytes must tell its protocol within `header_read_timeout` (see [`first_bytes`]), then hyper
-/// gives an HTTP/1 request head as long again. The listener is closed on return, and
+/// bytes must tell its protocol within `header_read_timeout` (see [`first_bytes`]); then each
+/// HTTP/1 request head gets as long again ([`HeadTimer`]). The listener is closed on return, and
 /// connections still waiting for their first bytes are dropped.
 async fn accept<S, B>(
     listener: TcpListener,
@@ -134,11 +136,11 @@ where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builders = Builders::new(header_read_timeout);
+    let builders = Builders::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
@@ -173,7 +175,16 @@ where
             };
             let io = TokioIo::new(stream);
             let served = match spoke {
-                Some(Protocol::Http1) => watcher.watch(builders.http1.serve_connection(io, service)).await,
+                Some(Protocol::Http1) => {
+                    let timer = HeadTimer::new(header_read_timeout);
+                    let connection = builders.http1.serve_connection(io, timer.track(service));
+                    head_timer::or_expired(&timer, watcher.watch(connection))
+                        .await
+                        .unwrap_or_else(|| {
+                            tracing::debug!(%peer, "no request head within header_read_timeout: closed");
+                            Ok(())
+                        })
+                }
                 Some(Protocol::H2c) => watcher.watch(builders.http2.serve_connection(io, service)).await,
                 None => Ok(()),
             };

@@ -1,0 +1,150 @@
+//! The HTTP/1 header-read timeout, kept per connection rather than per request.
+//!
+//! A client has `header_read_timeout` to send each request head: from the moment the connection is
+//! known to speak HTTP/1, and on a keep-alive connection from the end of the previous response.
+//! A connection that goes past it is closed (slowloris clients, and idle keep-alive connections).
+//!
+//! hyper's own `header_read_timeout` reads the clock, boxes a new timer and registers it with the
+//! runtime's timer wheel for every request, then removes it when the head is in: 2–3 % of the
+//! proxy's throughput (bench/README.md). Here each connection has one watchdog timer, woken at most
+//! once per timeout period; a request only bumps a counter when its head is in and reads the clock
+//! when its response ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::{Service, service_fn};
+use tokio::time::Instant;
+
+/// One connection's watchdog: what it knows of the requests on the connection.
+#[derive(Debug, Clone)]
+pub struct HeadTimer {
+    state: Arc<State>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    origin: Instant,
+    /// Requests whose head is in and whose response has not ended.
+    in_flight: AtomicUsize,
+    /// When the connection last began waiting for a head, in nanoseconds after `origin`.
+    waiting_since: AtomicU64,
+}
+
+impl HeadTimer {
+    /// Starts the clock for the connection's first request head.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            state: Arc::new(State {
+                origin: Instant::now(),
+                in_flight: AtomicUsize::new(0),
+                waiting_since: AtomicU64::new(0),
+            }),
+            timeout,
+        }
+    }
+
+    /// `service`, with each request counted from its head to the end of its response body.
+    pub fn track<S, B>(
+        &self,
+        service: S,
+    ) -> impl Service<Request<Incoming>, Response = Response<Tracked<B>>, Error = S::Error, Future: Send> + use<S, B>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>>,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: Body + Unpin,
+    {
+        let state = self.state.clone();
+        service_fn(move |request| {
+            state.in_flight.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(state.clone());
+            let response = service.call(request);
+            async move {
+                let response = response.await?;
+                Ok(response.map(|body| Tracked { body, _guard: guard }))
+            }
+        })
+    }
+
+    /// Resolves once the connection has waited longer than the timeout for a request head.
+    pub async fn expired(&self) {
+        let sleep = tokio::time::sleep(self.timeout);
+        tokio::pin!(sleep);
+        loop {
+            sleep.as_mut().await;
+            let now = Instant::now();
+            match self.state.waiting_since() {
+                Some(since) if now >= since + self.timeout => return,
+                Some(since) => sleep.as_mut().reset(since + self.timeout),
+                // A request is being served: its head arrived in time.
+                None => sleep.as_mut().reset(now + self.timeout),
+            }
+        }
+    }
+}
+
+impl State {
+    /// When the connection began waiting for its next head; `None` while a request is served.
+    fn waiting_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| self.origin + Duration::from_nanos(self.waiting_since.load(Ordering::Relaxed)))
+    }
+}
+
+/// Counts a request as served until dropped (with its response body, once hyper has written it).
+#[derive(Debug)]
+struct InFlight(Arc<State>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        let since = u64::try_from(state.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        state.waiting_since.store(since, Ordering::Relaxed);
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as served until it is done.
+#[derive(Debug)]
+pub struct Tracked<B> {
+    body: B,
+    _guard: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// `future`, or `None` if the connection's head timer runs out first.
+pub async fn or_expired<F: Future>(timer: &HeadTimer, future: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        output = future => Some(output),
+        () = timer.expired() => None,
+    }
+}
