@@ -524,7 +524,11 @@ async fn the_head_timer_closes_idle_connections_but_never_a_request_being_served
 
     // An answer that starts after three timeouts, and one that streams for four.
     let c = client();
-    let r = c.get(format!("{}/health?delay_ms=1000", gw.url())).send().await.unwrap();
+    let r = c
+        .get(format!("{}/health?delay_ms=1000", gw.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = c
         .get(format!("{}/events?n=4&interval_ms=350", gw.url()))

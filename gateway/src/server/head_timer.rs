@@ -40,7 +40,7 @@ struct State {
 }
 
 impl HeadTimer {
-    /// Starts the clock for the connection's first request head.
+    /// A new connection's timer; [`HeadTimer::restart`] starts the wait for its first head.
     pub fn new(timeout: Duration) -> Self {
         Self {
             state: Arc::new(State {
@@ -52,27 +52,16 @@ impl HeadTimer {
         }
     }
 
-    /// `service`, with each request counted from its head to the end of its response body.
-    pub fn track<S, B>(
-        &self,
-        service: S,
-    ) -> impl Service<Request<Incoming>, Response = Response<Tracked<B>>, Error = S::Error, Future: Send> + use<S, B>
-    where
-        S: Service<Request<Incoming>, Response = Response<B>>,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: Body + Unpin,
-    {
-        let state = self.state.clone();
-        service_fn(move |request| {
-            state.in_flight.fetch_add(1, Ordering::Relaxed);
-            let guard = InFlight(state.clone());
-            let response = service.call(request);
-            async move {
-                let response = response.await?;
-                Ok(response.map(|body| Tracked { body, _guard: guard }))
-            }
-        })
+    /// Starts the wait for the first head again (once the connection's protocol is known).
+    pub fn restart(&self) {
+        self.state
+            .waiting_since
+            .store(self.state.now(), Ordering::Relaxed);
+    }
+
+    /// What the connection's service uses to count its requests.
+    pub fn tracker(&self) -> Tracker {
+        Tracker(self.state.clone())
     }
 
     /// Resolves once the connection has waited longer than the timeout for a request head.
@@ -92,7 +81,44 @@ impl HeadTimer {
     }
 }
 
+/// Counts a connection's requests for its [`HeadTimer`]: [`Tracker::begin`] when a request's head is
+/// in, and the guard it returns rides in the response body ([`Tracked`]) until that ends. The
+/// gateway's own service does this inside its request future; wrapping the future instead would
+/// move that large future once more per request (measured: 5 % of throughput in memmove).
+#[derive(Debug, Clone)]
+pub struct Tracker(Arc<State>);
+
+impl Tracker {
+    pub fn begin(&self) -> InFlight {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.0.clone())
+    }
+
+    /// `service` with its requests counted, for services whose futures are small (the admin API).
+    pub fn wrap<S, B>(
+        self,
+        service: S,
+    ) -> impl Service<Request<Incoming>, Response = Response<Tracked<B>>, Error = S::Error, Future: Send> + use<S, B>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>>,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: Body + Unpin,
+    {
+        service_fn(move |request| {
+            let guard = self.begin();
+            let response = service.call(request);
+            async move { Ok(response.await?.map(|body| Tracked::new(body, guard))) }
+        })
+    }
+}
+
 impl State {
+    /// Nanoseconds since `origin`.
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// When the connection began waiting for its next head; `None` while a request is served.
     fn waiting_since(&self) -> Option<Instant> {
         (self.in_flight.load(Ordering::Relaxed) == 0)
@@ -102,13 +128,12 @@ impl State {
 
 /// Counts a request as served until dropped (with its response body, once hyper has written it).
 #[derive(Debug)]
-struct InFlight(Arc<State>);
+pub struct InFlight(Arc<State>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let state = &self.0;
-        let since = u64::try_from(state.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        state.waiting_since.store(since, Ordering::Relaxed);
+        state.waiting_since.store(state.now(), Ordering::Relaxed);
         state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -118,6 +143,12 @@ impl Drop for InFlight {
 pub struct Tracked<B> {
     body: B,
     _guard: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, guard: InFlight) -> Self {
+        Self { body, _guard: guard }
+    }
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::edge::Gateway;
 
 mod head_timer;
-use head_timer::HeadTimer;
+use head_timer::{HeadTimer, Tracked, Tracker};
 
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
@@ -49,11 +49,15 @@ pub async fn serve(
         max_connections,
         &graceful,
         shutdown,
-        move |peer| {
+        move |peer, requests: Tracker| {
             let gateway = handler.clone();
             service_fn(move |request| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(peer, request).await) }
+                let served = requests.begin();
+                async move {
+                    let response = gateway.handle(peer, request).await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, served)))
+                }
             })
         },
     )
@@ -84,7 +88,7 @@ pub async fn serve_router(
         max_connections,
         &graceful,
         std::future::pending(),
-        move |_| TowerToHyperService::new(router.clone()),
+        move |_, requests: Tracker| requests.wrap(TowerToHyperService::new(router.clone())),
     )
     .await
 }
@@ -119,7 +123,8 @@ impl Builders {
     }
 }
 
-/// Accepts connections until `shutdown`, each served by `service(peer)` in a task of its own
+/// Accepts connections until `shutdown`, each served by `service(peer, requests)` in a task of its
+/// own (the service counts its requests with `requests`, for the header-read timeout)
 /// and watched by `graceful`; at most `max_connections` are open at once. A connection's first
 /// bytes must tell its protocol within `header_read_timeout` (see [`first_bytes`]); then each
 /// HTTP/1 request head gets as long again ([`HeadTimer`]). The listener is closed on return, and
@@ -130,7 +135,7 @@ async fn accept<S, B>(
     max_connections: usize,
     graceful: &GracefulShutdown,
     shutdown: impl Future<Output = ()> + Send,
-    service: impl Fn(SocketAddr) -> S,
+    service: impl Fn(SocketAddr, Tracker) -> S,
 ) -> io::Result<()>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -166,7 +171,12 @@ where
             () = &mut shutdown => break Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let (watcher, builders, service) = (graceful.watcher(), builders.clone(), service(peer));
+        let timer = HeadTimer::new(header_read_timeout);
+        let (watcher, builders, service) = (
+            graceful.watcher(),
+            builders.clone(),
+            service(peer, timer.tracker()),
+        );
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let spoke = tokio::select! {
@@ -176,8 +186,8 @@ where
             let io = TokioIo::new(stream);
             let served = match spoke {
                 Some(Protocol::Http1) => {
-                    let timer = HeadTimer::new(header_read_timeout);
-                    let connection = builders.http1.serve_connection(io, timer.track(service));
+                    timer.restart();
+                    let connection = builders.http1.serve_connection(io, service);
                     head_timer::or_expired(&timer, watcher.watch(connection))
                         .await
                         .unwrap_or_else(|| {
