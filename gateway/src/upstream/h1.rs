@@ -779,6 +779,21 @@ mod tests {
         (tx, StreamBody::new(frames.boxed()).boxed_unsync())
     }
 
+    type Sent = tokio::task::JoinHandle<Result<Response<ResponseBody<DuplexStream>>, Failure>>;
+
+    /// A POST to `target` whose streamed body has begun with `first`, once the backend has it.
+    async fn upload(
+        target: &str,
+        first: &'static str,
+    ) -> (tokio::sync::mpsc::Sender<&'static str>, Sent, DuplexStream) {
+        let (tx, body) = channel();
+        let (conn, mut server) = pair();
+        let sent = tokio::spawn(conn.send(request(Method::POST, target, body)));
+        tx.send(first).await.unwrap();
+        received(&mut server, first).await;
+        (tx, sent, server)
+    }
+
     fn request(method: Method, target: &str, body: UpstreamBody) -> Request<UpstreamBody> {
         let mut request = Request::new(body);
         *request.method_mut() = method;
@@ -1139,11 +1154,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_during_an_upload_is_not_lost_and_bodies_can_flow_both_ways() {
         // The backend refuses the upload at its head and closes: the 413 is the answer.
-        let (tx, body) = channel();
-        let (conn, mut server) = pair();
-        let sent = tokio::spawn(conn.send(request(Method::POST, "/upload", body)));
-        tx.send("the start").await.unwrap();
-        received(&mut server, "the start").await;
+        let (tx, sent, mut server) = upload("/upload", "the start").await;
         server
             .write_all(b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbig")
             .await
@@ -1156,11 +1167,7 @@ mod tests {
         drop(tx);
 
         // An echo: the answer starts before the upload ends, and both keep flowing.
-        let (tx, body) = channel();
-        let (conn, mut server) = pair();
-        let sent = tokio::spawn(conn.send(request(Method::POST, "/echo", body)));
-        tx.send("ping").await.unwrap();
-        received(&mut server, "ping").await;
+        let (tx, sent, mut server) = upload("/echo", "ping").await;
         server
             .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\npong\r\n")
             .await
@@ -1188,11 +1195,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_ends_before_the_upload_waits_for_it() {
-        let (tx, body) = channel();
-        let (conn, mut server) = pair();
-        let sent = tokio::spawn(conn.send(request(Method::POST, "/later", body)));
-        tx.send("first").await.unwrap();
-        received(&mut server, "first").await;
+        let (tx, sent, mut server) = upload("/later", "first").await;
         server
             .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
             .await
