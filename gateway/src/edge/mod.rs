@@ -91,7 +91,7 @@ impl Gateway {
         let trace = RequestTrace::start(&method, request.uri().path(), request.headers());
         let mut seen = Seen::default();
         let answer = self
-            .pipeline(peer, &request_id, &trace, request, &mut seen)
+            .pipeline(peer, started, &request_id, &trace, request, &mut seen)
             .instrument(trace.span.clone())
             .await;
         let mut error_code = None;
@@ -145,6 +145,7 @@ impl Gateway {
     async fn pipeline(
         &self,
         peer: SocketAddr,
+        start: Instant,
         request_id: &HeaderValue,
         trace: &RequestTrace,
         request: Request<Incoming>,
@@ -154,9 +155,9 @@ impl Gateway {
         let snapshot = self.snapshot.load_full();
         let server = &snapshot.config.server;
 
-        // The deadline covers everything from here to the response headers, retries included
-        // (its length is the route's `timeout` or the server's `request_timeout`).
-        let start = Instant::now();
+        // The deadline covers everything from the request's arrival (`start`) to the response
+        // headers, retries included (its length is the route's `timeout` or the server's
+        // `request_timeout`).
 
         // Who is calling: the TCP peer, or the client behind trusted proxies. Computed before any
         // header is touched so spoofed X-Forwarded-For from an untrusted peer is never believed.

@@ -329,7 +329,7 @@ impl Upstream {
 
             let (outcome, result) = match tokio::time::timeout_at(
                 attempt_deadline,
-                self.connector.send(address, outgoing),
+                self.connector.send(address, outgoing, started),
             )
             .instrument(attempt_span.clone())
             .await
@@ -519,7 +519,7 @@ impl Upstream {
         };
         let mut request = Request::new(empty());
         *request.uri_mut() = target;
-        let probe = self.connector.send(&instance.address, request);
+        let probe = self.connector.send(&instance.address, request, Instant::now());
         match tokio::time::timeout(check.timeout, probe).await {
             Ok(Ok(response)) => response.status().is_success(),
             _ => false,

@@ -100,13 +100,17 @@ impl Connector {
 
     /// Sends `request` (its URI only a path and query) to `address` on an idle connection or a
     /// new one, and returns the response once its head is in; the body streams.
+    ///
+    /// `now` is the caller's reading of the clock, just taken: idle connections older than
+    /// [`IDLE_TIMEOUT`] by then are not used.
     pub async fn send(
         &self,
         address: &Address,
         mut request: Request<UpstreamBody>,
+        now: Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
         loop {
-            let (conn, pooled) = match address.take_idle() {
+            let (conn, pooled) = match address.take_idle(now) {
                 Some(conn) => (conn, true),
                 None => match self.connect(address).await {
                     Ok(conn) => (conn, false),
@@ -203,7 +207,7 @@ impl Address {
         }
     }
 
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self, now: Instant) -> Option<Conn> {
         let mut idle = lock(&self.idle);
         if let Some(sender) = &idle.http2 {
             if sender.is_ready() {
@@ -213,7 +217,6 @@ impl Address {
                 idle.http2 = None;
             }
         }
-        let now = Instant::now();
         while let Some((mut conn, since)) = idle.http1.pop() {
             if now.duration_since(since) >= IDLE_TIMEOUT {
                 // The rest are older still.
