@@ -43,6 +43,8 @@ struct Arrival {
     /// The gateway's `x-request-timeout-ms`.
     timeout_ms: Option<u64>,
     idempotency_key: Option<String>,
+    /// The client's `x-tag`, which every attempt must carry.
+    tag: Option<String>,
     body: Bytes,
 }
 
@@ -96,6 +98,7 @@ impl Backend {
                     path: parts.uri.path().to_owned(),
                     timeout_ms: header("x-request-timeout-ms").and_then(|v| v.parse().ok()),
                     idempotency_key: header("idempotency-key"),
+                    tag: header("x-tag"),
                     body: body.collect().await.map(|b| b.to_bytes()).unwrap_or_default(),
                 };
                 let n = {
@@ -653,7 +656,7 @@ backoff = "1ms"
         "",
     );
     let gw = gateway(&toml).await;
-    let a = send(client().get(format!("{}/x", gw.url()))).await;
+    let a = send(client().get(format!("{}/x", gw.url())).header("x-tag", "kept")).await;
     // The last attempt's answer is passed through as it came.
     assert!(a.is_backend(502, "bad gateway from the backend"), "{a:?}");
     let arrivals = backend.arrivals();
@@ -663,6 +666,8 @@ backoff = "1ms"
             .timeout_ms
             .expect("every attempt carries x-request-timeout-ms");
         assert!(0 < ms && ms <= 2000, "{arrival:?}");
+        // Every attempt carries the client's headers, not only the first.
+        assert_eq!(arrival.tag.as_deref(), Some("kept"), "{arrival:?}");
     }
 }
 

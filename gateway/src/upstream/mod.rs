@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError};
@@ -297,13 +297,10 @@ impl Upstream {
             // The retry is under way: the failed attempt's answer is no longer needed.
             drop(previous.take());
             let may_repeat = attempt < attempts && idempotent && payload.replayable();
-            let mut attempt_headers = if may_repeat {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
+            // The header map is lent to each attempt, never copied: what differs per attempt
+            // (the time left, the trace parent) is set on it in place.
             let left = attempt_deadline.saturating_duration_since(started).as_millis() as u64;
-            attempt_headers.insert(&X_REQUEST_TIMEOUT_MS, HeaderValue::from(left));
+            headers.insert(&X_REQUEST_TIMEOUT_MS, HeaderValue::from(left));
             // The attempt's span (a no-op unless traces are exported) is the backend's parent.
             let address = &in_flight.instance().address;
             let instance = &address.authority;
@@ -321,15 +318,17 @@ impl Upstream {
                 http.response.status_code = tracing::field::Empty,
                 "error.type" = tracing::field::Empty,
             );
-            trace::inject(&attempt_span, &mut attempt_headers);
-            let mut outgoing = Request::new(payload.next());
-            *outgoing.method_mut() = method.clone();
-            *outgoing.uri_mut() = origin_form(&in_flight.instance().base_path, path, query)?;
-            *outgoing.headers_mut() = attempt_headers;
+            trace::inject(&attempt_span, &mut headers);
+            let target = origin_form(&in_flight.instance().base_path, path, query)?;
+            let head = pool::Head {
+                method: &method,
+                target: &target,
+                headers: &headers,
+            };
 
             let (outcome, result) = match tokio::time::timeout_at(
                 attempt_deadline,
-                self.connector.send(address, outgoing, started),
+                self.connector.send(address, head, payload.next(), started),
             )
             .instrument(attempt_span.clone())
             .await
@@ -339,10 +338,8 @@ impl Upstream {
                     Attempted::Ok(response, attempt_span.clone()),
                 ),
                 Ok(Err(SendError::Connect(e, unsent))) => {
-                    // Nothing went out: the headers and body go to the next attempt, if any.
-                    let (parts, body) = unsent.into_parts();
-                    headers = parts.headers;
-                    payload.unsent(body);
+                    // Nothing went out: the body goes to the next attempt, if any.
+                    payload.unsent(unsent);
                     tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&*e), "upstream connect failed");
                     (Outcome::Connect, Attempted::Err(Outcome::Connect))
                 }
@@ -446,7 +443,7 @@ impl Upstream {
 }
 
 /// The request target as HTTP/1.1 sends it: the instance's base path, the path, the query.
-fn origin_form(base_path: &str, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+fn origin_form(base_path: &str, path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {
     let query_len = query.map_or(0, |q| q.len() + 1);
     let mut pq = String::with_capacity(base_path.len() + path.len() + query_len + 1);
     pq.push_str(base_path);
@@ -460,7 +457,6 @@ fn origin_form(base_path: &str, path: &str, query: Option<&str>) -> Result<Uri, 
         pq.push_str(query);
     }
     PathAndQuery::from_maybe_shared(Bytes::from(pq))
-        .map(Uri::from)
         .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
 }
 
@@ -514,12 +510,17 @@ impl Upstream {
     async fn probe(&self, instance: &Instance, check: &HealthCheckConfig) -> bool {
         // The path is from the instance's root, not under its base path: health endpoints
         // usually sit beside the API, not inside it.
-        let Ok(target) = check.path.parse::<Uri>() else {
+        let Ok(target) = check.path.parse::<PathAndQuery>() else {
             return false;
         };
-        let mut request = Request::new(empty());
-        *request.uri_mut() = target;
-        let probe = self.connector.send(&instance.address, request, Instant::now());
+        let head = pool::Head {
+            method: &Method::GET,
+            target: &target,
+            headers: &HeaderMap::new(),
+        };
+        let probe = self
+            .connector
+            .send(&instance.address, head, empty(), Instant::now());
         match tokio::time::timeout(check.timeout, probe).await {
             Ok(Ok(response)) => response.status().is_success(),
             _ => false,

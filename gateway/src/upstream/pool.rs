@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -72,10 +72,20 @@ struct Idle {
 /// Why a request got no response.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be made; nothing was sent, and the request comes back unchanged.
-    Connect(BoxError, Box<Request<UpstreamBody>>),
+    /// No connection could be made; nothing was sent, and the body comes back unread.
+    Connect(BoxError, UpstreamBody),
     /// The request was (or may have been) sent and then failed.
     Failed(BoxError),
+}
+
+/// What a request is sent with, borrowed from the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub method: &'a Method,
+    /// The request target in origin form (path and query).
+    pub target: &'a PathAndQuery,
+    /// The request's headers; `Host` is the instance's whatever they say.
+    pub headers: &'a HeaderMap,
 }
 
 enum Conn {
@@ -98,15 +108,17 @@ impl Connector {
         Ok(Self { tcp_tls })
     }
 
-    /// Sends `request` (its URI only a path and query) to `address` on an idle connection or a
-    /// new one, and returns the response once its head is in; the body streams.
+    /// Sends a request with `head` (borrowed: the caller keeps it for a retry) and `body` to
+    /// `address` on an idle connection or a new one, and returns the response once its head is
+    /// in; the body streams.
     ///
     /// `now` is the caller's reading of the clock, just taken: idle connections older than
     /// [`IDLE_TIMEOUT`] by then are not used.
     pub async fn send(
         &self,
         address: &Address,
-        mut request: Request<UpstreamBody>,
+        head: Head<'_>,
+        mut body: UpstreamBody,
         now: Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
         loop {
@@ -114,41 +126,49 @@ impl Connector {
                 Some(conn) => (conn, true),
                 None => match self.connect(address).await {
                     Ok(conn) => (conn, false),
-                    Err(e) => return Err(SendError::Connect(e, Box::new(request))),
+                    Err(e) => return Err(SendError::Connect(e, body)),
                 },
             };
-            // A connection that failed before the request was written to it hands the request
+            // A connection that failed before the request was written to it hands the body
             // back. A pooled one (the backend ended an idle keep-alive connection just now): try
             // the next one. A new one (a backend that closes what it accepts): as a failed
             // connect, so it never loops.
             match conn {
                 Conn::Http1(conn) => {
-                    request.headers_mut().insert(HOST, address.host.clone());
-                    match conn.send(request).await {
+                    let outgoing = h1::Outgoing {
+                        method: head.method,
+                        target: head.target.as_str(),
+                        host: &address.host,
+                        headers: head.headers,
+                    };
+                    match conn.send(outgoing, body).await {
                         Ok(response) => {
                             let home = address.idle.clone();
                             return Ok(response.map(|body| ResponseBody::Http1(Http1Body { body, home })));
                         }
-                        Err(Failure::Unsent(_, unsent)) if pooled => request = *unsent,
+                        Err(Failure::Unsent(_, unsent)) if pooled => body = unsent,
                         Err(Failure::Unsent(e, unsent)) => return Err(SendError::Connect(e.into(), unsent)),
                         Err(Failure::Sent(e)) => return Err(SendError::Failed(e.into())),
                     }
                 }
                 Conn::Http2(mut sender) => {
+                    let mut request = Request::new(body);
+                    *request.method_mut() = head.method.clone();
+                    *request.headers_mut() = head.headers.clone();
                     // HTTP/2 names the target in :scheme and :authority, never in Host.
                     request.headers_mut().remove(HOST);
-                    match address.absolute(request.uri()) {
+                    match address.absolute(head.target) {
                         Ok(uri) => *request.uri_mut() = uri,
-                        Err(e) => return Err(SendError::Connect(e.into(), Box::new(request))),
+                        Err(e) => return Err(SendError::Connect(e.into(), request.into_body())),
                     }
                     let mut failed = match sender.try_send_request(request).await {
                         Ok(response) => return Ok(response.map(ResponseBody::Http2)),
                         Err(e) => e,
                     };
                     match failed.take_message() {
-                        Some(unsent) if pooled => request = unsent,
+                        Some(unsent) if pooled => body = unsent.into_body(),
                         Some(unsent) => {
-                            return Err(SendError::Connect(failed.into_error().into(), Box::new(unsent)));
+                            return Err(SendError::Connect(failed.into_error().into(), unsent.into_body()));
                         }
                         None => return Err(SendError::Failed(failed.into_error().into())),
                     }
@@ -230,15 +250,11 @@ impl Address {
         None
     }
 
-    fn absolute(&self, target: &Uri) -> Result<Uri, http::Error> {
-        let path_and_query = target
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    fn absolute(&self, target: &PathAndQuery) -> Result<Uri, http::Error> {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(path_and_query)
+            .path_and_query(target.clone())
             .build()
     }
 }
