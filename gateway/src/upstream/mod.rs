@@ -250,8 +250,8 @@ impl Upstream {
         let idempotent = retry::is_idempotent(&method, &headers);
         let attempts = self.retry.config.attempts;
         // Only a request that is safe to repeat keeps its (small) body to send again. Any
-        // request goes to another instance when no connection could be made: then its headers
-        // and body come back unsent.
+        // request goes to another instance when no connection could be made: then its body
+        // comes back unsent (the head is only ever lent to an attempt).
         let replay = idempotent && attempts > 1;
         let mut payload = self.payload(body, &headers, replay, deadline).await?;
         // One clock reading per attempt serves the breaker, the budget and the attempt's deadline.

@@ -8,8 +8,9 @@
 //! HTTP/1.1 connection goes back to its instance's idle list the moment the response body that
 //! used it has ended ([`Http1Body`]), and a request takes the most recently used one (so surplus
 //! connections age out) after checking, without waiting, that the backend has not closed it. A
-//! connect failure hands the request back untouched, so it can go to another instance whatever
-//! its body; so does a pooled connection that failed before any of the request was written.
+//! request's head (method, target, headers) is lent to the attempt, never copied, and a connect
+//! failure hands the body back unread, so the request can go to another instance whatever its
+//! body; so does a pooled connection that failed before any of the request was written.
 
 use std::error::Error as StdError;
 use std::pin::Pin;
