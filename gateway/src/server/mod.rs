@@ -2,9 +2,10 @@
 //! with hyper, then drains on shutdown. The admin API's listener is served the same way.
 //!
 //! Not `axum::serve`: it has no header-read timeout, so a slowloris client that never finishes its
-//! headers would hold a connection forever. Here hyper cuts it off after `header_read_timeout`,
-//! open connections are capped by `max_connections`, and shutdown stops accepting at once, lets
-//! in-flight requests finish within `shutdown_timeout`, then closes what is left.
+//! headers would hold a connection forever. Here the connection's head timer (`head_timer`) cuts
+//! it off after `header_read_timeout`, open connections are capped by `max_connections`, and
+//! shutdown stops accepting at once, lets in-flight requests finish within `shutdown_timeout`,
+//! then closes what is left.
 
 use std::convert::Infallible;
 use std::future::Future;

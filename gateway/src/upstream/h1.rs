@@ -251,10 +251,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             match ready!(Pin::new(&mut self.io).poll_write(cx, &self.head[self.head_written..])) {
                 Ok(0) => return Poll::Ready(Err(Error::Write(io::ErrorKind::WriteZero.into()))),
                 Ok(n) => self.head_written += n,
-                Err(e) => {
-                    self.write_failed = true;
-                    return Poll::Ready(Err(Error::Write(e)));
-                }
+                // The connection is dropped with the failed request.
+                Err(e) => return Poll::Ready(Err(Error::Write(e))),
             }
         }
         Poll::Ready(Ok(()))

@@ -562,36 +562,27 @@ const CLIENT_BODY_UNREADABLE: GatewayError = GatewayError::BadRequest("the reque
 /// The client's answer when `e` came from reading its request body (over the size limit: 413;
 /// otherwise 400), so it is never blamed on the backend; `None` for the backend's own failures.
 pub(crate) fn client_body_error(e: &(dyn StdError + 'static)) -> Option<GatewayError> {
-    if has_source::<LengthLimitError>(e) {
+    // A request body that yielded more or less than the length it declared is the client's too.
+    let off_length = matches!(find_source::<h1::Error>(e), Some(h1::Error::BodyLength(_)));
+    if find_source::<LengthLimitError>(e).is_some() {
         Some(GatewayError::PayloadTooLarge { limit: 0 })
-    } else if has_source::<ClientBodyError>(e) || is_body_length_error(e) {
+    } else if find_source::<ClientBodyError>(e).is_some() || off_length {
         Some(CLIENT_BODY_UNREADABLE)
     } else {
         None
     }
 }
 
-/// A request body that yielded more or less than the length it declared: the client's doing.
-fn is_body_length_error(e: &(dyn StdError + 'static)) -> bool {
+/// The first error of type `E` in `e`'s chain of sources, `e` included.
+fn find_source<'a, E: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a E> {
     let mut current = Some(e);
     while let Some(err) = current {
-        if let Some(h1::Error::BodyLength(_)) = err.downcast_ref::<h1::Error>() {
-            return true;
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
         }
         current = err.source();
     }
-    false
-}
-
-fn has_source<E: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if err.is::<E>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
+    None
 }
 
 /// Displays an error with its causes, for logs.
