@@ -11,17 +11,17 @@
 //! when its response ends.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::service::{Service, service_fn};
 use tokio::time::Instant;
+
+use crate::body::Holding;
 
 /// One connection's watchdog: what it knows of the requests on the connection.
 #[derive(Debug, Clone)]
@@ -139,37 +139,7 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as served until it is done.
-#[derive(Debug)]
-pub struct Tracked<B> {
-    body: B,
-    _guard: InFlight,
-}
-
-impl<B> Tracked<B> {
-    pub fn new(body: B, guard: InFlight) -> Self {
-        Self { body, _guard: guard }
-    }
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+pub type Tracked<B> = Holding<B, InFlight>;
 
 /// `future`, or `None` if the connection's head timer runs out first.
 pub async fn or_expired<F: Future>(timer: &HeadTimer, future: F) -> Option<F::Output> {

@@ -14,15 +14,12 @@
 //! to reach; all of them cost measured throughput (see bench/README.md).
 
 use std::error::Error as StdError;
-use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,6 +33,7 @@ pub mod pool;
 pub mod retry;
 mod window;
 
+use crate::body::Holding;
 use crate::config::{HealthCheckConfig, ServiceConfig};
 use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
@@ -409,10 +407,9 @@ impl Upstream {
             None => (fallback, None),
         };
         match (result, in_flight) {
-            (Attempted::Ok(response, span), Some(in_flight)) => Ok(response.map(|body| Guarded {
-                body: SpanBody::new(IdleTimeout::new(body, self.timeout), span),
-                _permit: permit,
-                _in_flight: in_flight,
+            (Attempted::Ok(response, span), Some(in_flight)) => Ok(response.map(|body| {
+                let body = SpanBody::new(IdleTimeout::new(body, self.timeout), span);
+                Holding::new(body, (permit, in_flight))
             })),
             (Attempted::Err(Outcome::Timeout), _) => Err(GatewayError::UpstreamTimeout),
             _ => Err(GatewayError::UpstreamUnavailable),
@@ -530,32 +527,7 @@ impl Upstream {
 
 /// A response body that holds on to what must last as long as the response does: the bulkhead
 /// slot and the instance's in-flight count.
-#[derive(Debug)]
-pub struct Guarded<B> {
-    body: B,
-    _permit: OwnedSemaphorePermit,
-    _in_flight: InFlight,
-}
-
-impl<B: Body + Unpin> Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+pub type Guarded<B> = Holding<B, (OwnedSemaphorePermit, InFlight)>;
 
 const CLIENT_BODY_UNREADABLE: GatewayError = GatewayError::BadRequest("the request body could not be read");
 
