@@ -53,3 +53,33 @@ bench_cleanup() {
     fi
     exit "$rc"
 }
+
+# Writes $tmp/NAME.conf: one nginx worker (as root when the script is), its pid, logs and temp
+# files under $tmp, no access log, long keep-alive; SERVER_BLOCK_BODY goes in the one `server`
+# block and HTTP_EXTRA (an `upstream` block, say) beside it.
+nginx_conf() { # NAME SERVER_BLOCK_BODY [HTTP_EXTRA]
+    local name=$1 body=$2 extra=${3:-} user=""
+    [[ $EUID == 0 ]] && user="user root;"
+    mkdir -p "$tmp/$name"
+    cat >"$tmp/$name.conf" <<EOF
+$user
+worker_processes 1;
+pid $tmp/$name.pid;
+error_log $tmp/$name.error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    keepalive_requests 1000000;
+    client_body_temp_path $tmp/$name/client_body;
+    proxy_temp_path $tmp/$name/proxy;
+    fastcgi_temp_path $tmp/$name/fastcgi;
+    uwsgi_temp_path $tmp/$name/uwsgi;
+    scgi_temp_path $tmp/$name/scgi;
+$extra
+    server {
+$body
+    }
+}
+EOF
+}

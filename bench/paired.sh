@@ -48,26 +48,6 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )
 BODY=$(printf '%*s' 1024 '' | tr ' ' 'x')
-USER_LINE=""
-[[ $EUID == 0 ]] && USER_LINE="user root;"
-nginx_conf() { # NAME SERVER_BODY [HTTP_EXTRA]
-    mkdir -p "$tmp/$1"
-    cat >"$tmp/$1.conf" <<EOF
-$USER_LINE
-worker_processes 1;
-pid $tmp/$1.pid;
-error_log $tmp/$1.error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $tmp/$1/body;
-    proxy_temp_path $tmp/$1/proxy;
-${3:-}
-    server { $2 }
-}
-EOF
-}
 nginx_conf backend "listen 127.0.0.1:$BACKEND_PORT; location / { return 200 \"$BODY\"; }"
 nginx_conf proxy "listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://backend;
         proxy_http_version 1.1; proxy_set_header Connection \"\"; }" \

@@ -92,35 +92,6 @@ EOF
 
 # ---------------------------------------------------------------- configs
 BODY=$(printf '%*s' "$BODY_BYTES" '' | tr ' ' 'x')
-USER_LINE=""
-[[ $EUID == 0 ]] && USER_LINE="user root;"
-
-# nginx_conf NAME SERVER_BLOCK_BODY [HTTP_EXTRA]
-nginx_conf() {
-    local name=$1 body=$2 extra=${3:-}
-    mkdir -p "$tmp/$name"
-    cat >"$tmp/$name.conf" <<EOF
-$USER_LINE
-worker_processes 1;
-pid $tmp/$name.pid;
-error_log $tmp/$name.error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    default_type application/octet-stream;
-    keepalive_requests 1000000;
-    client_body_temp_path $tmp/$name/client_body;
-    proxy_temp_path $tmp/$name/proxy;
-    fastcgi_temp_path $tmp/$name/fastcgi;
-    uwsgi_temp_path $tmp/$name/uwsgi;
-    scgi_temp_path $tmp/$name/scgi;
-$extra
-    server {
-$body
-    }
-}
-EOF
-}
 
 nginx_conf backend "        listen 127.0.0.1:$BACKEND_PORT;
         location / { return 200 \"$BODY\"; }"

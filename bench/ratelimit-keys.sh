@@ -36,20 +36,7 @@ s = [socket.socket() for _ in range(2)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*(x.getsockname()[1] for x in s))')
 
-USER_LINE=""
-[[ $EUID == 0 ]] && USER_LINE="user root;"
-cat >"$tmp/backend.conf" <<EOF
-$USER_LINE
-worker_processes 1;
-pid $tmp/backend.pid;
-error_log $tmp/backend.error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "ok"; } }
-}
-EOF
+nginx_conf backend "    listen 127.0.0.1:$BACKEND_PORT; location / { return 200 \"ok\"; }"
 taskset -c "$LOAD_CPU" nginx -p "$tmp/" -c "$tmp/backend.conf" -g 'daemon off;' &
 PIDS+=($!)
 
