@@ -401,7 +401,9 @@ done
 
 if [[ -n ${PID_OF[gw-observed]:-} ]]; then
     # The observed gateway really counted and logged: its metrics and access lines are there.
-    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -q '^http_server_request_duration_seconds_count{' ||
+    # Read whole first: `curl | grep -q` fails under pipefail when grep stops before curl is done.
+    metrics=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
+    grep -q '^http_server_request_duration_seconds_count{' <<<"$metrics" ||
         die "gw-observed: /metrics has no request counts (see $tmp/gw-observed.log)"
     grep -q ' access: ' "$tmp/gw-observed.log" ||
         die "gw-observed: no access lines in $tmp/gw-observed.log"
