@@ -83,3 +83,27 @@ $body
 }
 EOF
 }
+
+# The plain proxy target's gateway config: one thread, one backend, round robin, no breaker, no
+# retries, every path to it with no auth (as the foundation's proxy was). proxy.sh adds its other
+# targets after it; paired.sh runs it as is.
+plain_gateway_toml() { # LISTEN_PORT BACKEND_PORT
+    cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+worker_threads = 1
+
+[services.bench]
+urls = ["http://127.0.0.1:$2"]
+load_balancing = "round_robin"
+[services.bench.circuit_breaker]
+enabled = false
+[services.bench.retry]
+attempts = 1
+
+[[routes]]
+prefix = "/"
+service = "bench"
+auth = "none"
+EOF
+}

@@ -53,25 +53,6 @@ nginx_conf proxy "listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://b
         proxy_http_version 1.1; proxy_set_header Connection \"\"; }" \
     "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; keepalive_requests 1000000; }"
 
-gateway_conf() { # PORT
-    cat <<EOF
-[server]
-listen = "127.0.0.1:$1"
-worker_threads = 1
-[services.bench]
-urls = ["http://127.0.0.1:$BACKEND_PORT"]
-load_balancing = "round_robin"
-[services.bench.circuit_breaker]
-enabled = false
-[services.bench.retry]
-attempts = 1
-[[routes]]
-prefix = "/"
-service = "bench"
-auth = "none"
-EOF
-}
-
 wait_ready() { # PORT
     local deadline=$((SECONDS + 10))
     until curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/"; do
@@ -95,8 +76,8 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # cpu_first cpu_second cpu_nginx" (medians) on its last line.
 compare() {
     local first=$1 second=$2 pa pb
-    gateway_conf "$PORT_A" >"$tmp/a.toml"
-    gateway_conf "$PORT_B" >"$tmp/b.toml"
+    plain_gateway_toml "$PORT_A" "$BACKEND_PORT" >"$tmp/a.toml"
+    plain_gateway_toml "$PORT_B" "$BACKEND_PORT" >"$tmp/b.toml"
     RUST_LOG=warn taskset -c "$PROXY_CPU" "$first" run --config "$tmp/a.toml" >"$tmp/a.log" 2>&1 &
     pa=$!
     RUST_LOG=warn taskset -c "$PROXY_CPU" "$second" run --config "$tmp/b.toml" >"$tmp/b.log" 2>&1 &

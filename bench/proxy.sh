@@ -136,19 +136,9 @@ PY
 HS_TOKEN=$(mint_token HS256 hs)
 RS_TOKEN=$(mint_token RS256 rs)
 
-cat >"$tmp/gateway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$GW_PORT"
-worker_threads = 1
-
-# The plain target: no breaker, no retries, round robin (as the foundation's proxy was).
-[services.bench]
-urls = ["http://127.0.0.1:$BACKEND_PORT"]
-load_balancing = "round_robin"
-[services.bench.circuit_breaker]
-enabled = false
-[services.bench.retry]
-attempts = 1
+# The plain target (lib.sh), then the others.
+plain_gateway_toml "$GW_PORT" "$BACKEND_PORT" >"$tmp/gateway.toml"
+cat >>"$tmp/gateway.toml" <<EOF
 
 # The same backend with every resilience feature configured, none triggered.
 [services.resilient]
@@ -179,11 +169,6 @@ algorithm = "RS256"
 public_key_pem = "$tmp/rs.pub.pem"
 [auth.jwt.forward]
 "x-user-id" = "sub"
-
-[[routes]]
-prefix = "/"
-service = "bench"
-auth = "none"
 
 [[routes]]
 prefix = "/hs"
