@@ -115,7 +115,9 @@ struct Builders {
 impl Builders {
     fn new() -> Self {
         let mut http1 = http1::Builder::new();
-        http1.timer(TokioTimer::new());
+        // hyper's own header-read timeout is on by default (30 s) and arms a new timer for every
+        // request; the connection's `HeadTimer` does that job.
+        http1.header_read_timeout(None);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
