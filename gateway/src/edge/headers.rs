@@ -15,13 +15,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // Names listed in Connection are hop-by-hop too: parsed once (however long the list, one
-    // removal each), before Connection itself goes.
+    // removal each), before Connection itself goes. The usual `keep-alive` and `close` need no
+    // removal of their own (the first is hop-by-hop anyway, the second names no header), so the
+    // usual message collects nothing and allocates nothing.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);

@@ -28,6 +28,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -35,6 +36,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
@@ -433,9 +435,10 @@ fn push_hex(out: &mut Vec<u8>, n: u64) {
 /// Parses a response head at the front of `buf` and removes it; `None` while it is incomplete.
 /// Header values are slices of one shared buffer, not copies.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf)? {
+    // Neither array is initialized up front: that was 5 KiB of stores for every response.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers)? {
         httparse::Status::Complete(len) if len > MAX_HEAD => return Err(Error::HeadTooLarge),
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
@@ -448,19 +451,22 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
     };
     // Where each name and value sit in the buffer, so the head can be frozen and sliced.
     let start = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = parsed.headers.len();
-    for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = header.name.as_ptr() as usize - start;
-        let value = header.value.as_ptr() as usize - start;
-        // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
-        *span = (
-            name as u32,
-            (name + header.name.len()) as u32,
-            value as u32,
-            (value + header.value.len()) as u32,
-        );
-    }
+    let spans: SmallVec<[(u32, u32, u32, u32); 24]> = parsed
+        .headers
+        .iter()
+        .map(|header| {
+            let name = header.name.as_ptr() as usize - start;
+            let value = header.value.as_ptr() as usize - start;
+            // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
+            (
+                name as u32,
+                (name + header.name.len()) as u32,
+                value as u32,
+                (value + header.value.len()) as u32,
+            )
+        })
+        .collect();
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("the status code is not valid"))?;
     // A reason phrase of the backend's own goes to the client as it came, as hyper passes it on.
     let reason = parsed
@@ -476,7 +482,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
     }
     let map = response.headers_mut();
     map.reserve(count);
-    for &(n0, n1, v0, v1) in &spans[..count] {
+    for &(n0, n1, v0, v1) in &spans {
         let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
             .map_err(|_| Error::Invalid("a header name is not valid"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
