@@ -13,6 +13,7 @@ pub mod demo;
 pub mod edge;
 pub mod error;
 pub mod graphql;
+pub mod http1;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

@@ -41,15 +41,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
 use super::UpstreamBody;
+use crate::http1::{Chunked, Decoded, MAX_HEADERS, decode_chunked, push_decimal, push_hex};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The most a response head (status line and headers) may take.
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
-/// The most a chunk-size line (with its extensions) may take.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
 /// Buffers handed to one vectored write.
@@ -410,35 +407,17 @@ fn advance(queue: &mut VecDeque<Bytes>, mut n: usize) {
     }
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
-fn push_hex(out: &mut Vec<u8>, n: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let nibbles = (16 - n.leading_zeros() as usize / 4).max(1);
-    for i in (0..nibbles).rev() {
-        out.push(HEX[((n >> (i * 4)) & 0xf) as usize]);
-    }
-}
-
 /// Parses a response head at the front of `buf` and removes it; `None` while it is incomplete.
 /// Header values are slices of one shared buffer, not copies.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
     // Neither array is initialized up front: that was 5 KiB of stores for every response.
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers)? {
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut headers,
+    )? {
         httparse::Status::Complete(len) if len > MAX_HEAD => return Err(Error::HeadTooLarge),
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
@@ -561,18 +540,6 @@ enum Kind {
     Eof,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunked {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk: its bytes still to come.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: the trailer section and its empty line.
-    Trailers,
-}
-
 /// A response body read from its connection as it is polled. The request body's rest keeps
 /// streaming from here too.
 #[derive(Debug)]
@@ -629,7 +596,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ResponseBody<S> {
                     return Poll::Ready(Some(Ok(Frame::data(conn.read.split().freeze()))));
                 }
                 Kind::Chunked(state) => {
-                    match decode_chunked(state, &mut conn.read)? {
+                    match decode_chunked(state, &mut conn.read).map_err(Error::Invalid)? {
                         Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                         Decoded::Trailers(trailers) => {
                             self.kind = Kind::Done;
@@ -672,105 +639,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<S> {
             _ => SizeHint::default(),
         }
     }
-}
-
-enum Decoded {
-    Data(Bytes),
-    /// The body ended, with these trailers if it had any.
-    Trailers(Option<HeaderMap>),
-    NeedMore,
-}
-
-/// Decodes what `buf` holds of a chunked body, from `state` on.
-fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, Error> {
-    loop {
-        match state {
-            Chunked::Size => {
-                let Some(end) = buf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
-                    if buf.len() >= MAX_CHUNK_LINE {
-                        return Err(Error::Invalid("a chunk-size line is too long"));
-                    }
-                    return Ok(Decoded::NeedMore);
-                };
-                let size = chunk_size(&buf[..end])?;
-                buf.advance(end + 1);
-                *state = if size == 0 {
-                    Chunked::Trailers
-                } else {
-                    Chunked::Data(size)
-                };
-            }
-            Chunked::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let take = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= take as u64;
-                if *left == 0 {
-                    *state = Chunked::DataEnd;
-                }
-                return Ok(Decoded::Data(buf.split_to(take).freeze()));
-            }
-            Chunked::DataEnd => match &buf[..] {
-                [b'\r', b'\n', ..] => {
-                    buf.advance(2);
-                    *state = Chunked::Size;
-                }
-                [b'\n', ..] => {
-                    buf.advance(1);
-                    *state = Chunked::Size;
-                }
-                [] | [b'\r'] => return Ok(Decoded::NeedMore),
-                _ => return Err(Error::Invalid("a chunk is longer than its size")),
-            },
-            Chunked::Trailers => {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let (len, parsed) = match httparse::parse_headers(buf, &mut headers)? {
-                    httparse::Status::Complete(done) => done,
-                    httparse::Status::Partial if buf.len() >= MAX_TRAILERS => {
-                        return Err(Error::Invalid("the trailers are too large"));
-                    }
-                    httparse::Status::Partial => return Ok(Decoded::NeedMore),
-                };
-                let trailers = (!parsed.is_empty())
-                    .then(|| {
-                        parsed
-                            .iter()
-                            .map(|h| {
-                                Ok((
-                                    HeaderName::from_bytes(h.name.as_bytes())
-                                        .map_err(|_| Error::Invalid("a trailer name is not valid"))?,
-                                    HeaderValue::from_bytes(h.value)
-                                        .map_err(|_| Error::Invalid("a trailer value is not valid"))?,
-                                ))
-                            })
-                            .collect::<Result<HeaderMap, Error>>()
-                    })
-                    .transpose()?;
-                buf.advance(len);
-                return Ok(Decoded::Trailers(trailers));
-            }
-        }
-    }
-}
-
-/// The size on a chunk-size line (`1a;name=value\r`): hex digits, then optional extensions.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    // Only spaces and tabs before the extensions, and no stray CR anywhere: a line another hop
-    // could end elsewhere is refused.
-    let rest = &line[digits..];
-    let rest = &rest[rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..];
-    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
-        return Err(Error::Invalid("a chunk size is malformed"));
-    }
-    line[..digits].iter().try_fold(0u64, |size, &b| {
-        let digit = (b as char).to_digit(16).unwrap_or_default();
-        size.checked_mul(16)
-            .map(|s| s + u64::from(digit))
-            .ok_or(Error::Invalid("a chunk size is malformed"))
-    })
 }
 
 #[cfg(test)]
@@ -1294,24 +1162,5 @@ mod tests {
             panic!("{result:?}")
         };
         assert_eq!(unsent.collect().await.unwrap().to_bytes(), "kept");
-    }
-
-    #[test]
-    fn numbers_are_written_in_decimal_and_hex() {
-        for n in [0, 7, 10, 255, 4096, u64::MAX] {
-            let (mut dec, mut hex) = (Vec::new(), Vec::new());
-            push_decimal(&mut dec, n);
-            push_hex(&mut hex, n);
-            assert_eq!(dec, n.to_string().into_bytes());
-            assert_eq!(hex, format!("{n:x}").into_bytes());
-        }
-        assert_eq!(chunk_size(b"1a\r").unwrap(), 26);
-        assert_eq!(chunk_size(b"FF ;x=y").unwrap(), 255);
-        assert!(chunk_size(b"").is_err());
-        assert!(chunk_size(b"-1").is_err());
-        assert!(chunk_size(b"1 x").is_err());
-        assert!(chunk_size(b"5\r;x\r").is_err());
-        assert!(chunk_size(b"5\r\r").is_err());
-        assert!(chunk_size(b"5 \t;a=\"b\"").is_ok());
     }
 }

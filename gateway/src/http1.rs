@@ -1,0 +1,174 @@
+//! What our two HTTP/1.1 codecs share: the client one (`upstream::h1`, to backends) and the
+//! server one (`server::h1`, from clients) decode chunked bodies and write the numbers of a
+//! message's framing the same way.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The most headers a head (or a trailer section) may carry.
+pub const MAX_HEADERS: usize = 100;
+/// The most a chunk-size line (with its extensions) may take.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// The most the trailer section after the last chunk may take.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk: its bytes still to come.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section and its empty line.
+    Trailers,
+}
+
+pub enum Decoded {
+    Data(Bytes),
+    /// The body ended, with these trailers if it had any.
+    Trailers(Option<HeaderMap>),
+    NeedMore,
+}
+
+/// Decodes what `buf` holds of a chunked body, from `state` on. The error says what was
+/// malformed; the body cannot be read past it.
+pub fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
+    loop {
+        match state {
+            Chunked::Size => {
+                let Some(end) = buf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
+                    if buf.len() >= MAX_CHUNK_LINE {
+                        return Err("a chunk-size line is too long");
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                let size = chunk_size(&buf[..end])?;
+                buf.advance(end + 1);
+                *state = if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                };
+            }
+            Chunked::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                if *left == 0 {
+                    *state = Chunked::DataEnd;
+                }
+                return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            }
+            Chunked::DataEnd => match &buf[..] {
+                [b'\r', b'\n', ..] => {
+                    buf.advance(2);
+                    *state = Chunked::Size;
+                }
+                [b'\n', ..] => {
+                    buf.advance(1);
+                    *state = Chunked::Size;
+                }
+                [] | [b'\r'] => return Ok(Decoded::NeedMore),
+                _ => return Err("a chunk is longer than its size"),
+            },
+            Chunked::Trailers => {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let (len, parsed) = match httparse::parse_headers(buf, &mut headers) {
+                    Ok(httparse::Status::Complete(done)) => done,
+                    Ok(httparse::Status::Partial) if buf.len() >= MAX_TRAILERS => {
+                        return Err("the trailers are too large");
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                    Err(_) => return Err("the trailers are malformed"),
+                };
+                let trailers = (!parsed.is_empty())
+                    .then(|| {
+                        parsed
+                            .iter()
+                            .map(|h| {
+                                Ok((
+                                    HeaderName::from_bytes(h.name.as_bytes())
+                                        .map_err(|_| "a trailer name is not valid")?,
+                                    HeaderValue::from_bytes(h.value)
+                                        .map_err(|_| "a trailer value is not valid")?,
+                                ))
+                            })
+                            .collect::<Result<HeaderMap, &'static str>>()
+                    })
+                    .transpose()?;
+                buf.advance(len);
+                return Ok(Decoded::Trailers(trailers));
+            }
+        }
+    }
+}
+
+/// The size on a chunk-size line (`1a;name=value\r`): hex digits, then optional extensions.
+fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    const MALFORMED: &str = "a chunk size is malformed";
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    // Only spaces and tabs before the extensions, and no stray CR anywhere: a line another hop
+    // could end elsewhere is refused.
+    let rest = &line[digits..];
+    let rest = &rest[rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..];
+    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
+        return Err(MALFORMED);
+    }
+    line[..digits].iter().try_fold(0u64, |size, &b| {
+        let digit = (b as char).to_digit(16).unwrap_or_default();
+        size.checked_mul(16)
+            .map(|s| s + u64::from(digit))
+            .ok_or(MALFORMED)
+    })
+}
+
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+pub fn push_hex(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let nibbles = (16 - n.leading_zeros() as usize / 4).max(1);
+    for i in (0..nibbles).rev() {
+        out.push(HEX[((n >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_hex() {
+        for n in [0, 7, 10, 255, 4096, u64::MAX] {
+            let (mut dec, mut hex) = (Vec::new(), Vec::new());
+            push_decimal(&mut dec, n);
+            push_hex(&mut hex, n);
+            assert_eq!(dec, n.to_string().into_bytes());
+            assert_eq!(hex, format!("{n:x}").into_bytes());
+        }
+        assert_eq!(chunk_size(b"1a\r").unwrap(), 26);
+        assert_eq!(chunk_size(b"FF ;x=y").unwrap(), 255);
+        assert!(chunk_size(b"").is_err());
+        assert!(chunk_size(b"-1").is_err());
+        assert!(chunk_size(b"1 x").is_err());
+        assert!(chunk_size(b"5\r;x\r").is_err());
+        assert!(chunk_size(b"5\r\r").is_err());
+        assert!(chunk_size(b"5 \t;a=\"b\"").is_ok());
+    }
+}
