@@ -246,7 +246,9 @@ impl JwtVerifier {
         if let Some(key) = lookup(&current) {
             return Ok(key);
         }
-        let refreshed = jwks.refetch_for_unknown_kid(deadline).await;
+        // Boxed: a fetch through the upstream layer is a large future, and this rare path
+        // would make every authenticated request's future (moved a few times each) as large.
+        let refreshed = Box::pin(jwks.refetch_for_unknown_kid(deadline)).await;
         match (lookup(&refreshed), refreshed) {
             (Some(key), _) => Ok(key),
             // Never loaded: the provider is down, the token may be fine.

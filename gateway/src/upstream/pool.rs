@@ -124,7 +124,9 @@ impl Connector {
         loop {
             let (conn, pooled) = match address.take_idle(now) {
                 Some(conn) => (conn, true),
-                None => match self.connect(address).await {
+                // Boxed: connecting (TCP, TLS, the HTTP/2 handshake) is a large future, and
+                // every request's future would be as large, moved whole a few times per request.
+                None => match Box::pin(self.connect(address)).await {
                     Ok(conn) => (conn, false),
                     Err(e) => return Err(SendError::Connect(e, body)),
                 },
