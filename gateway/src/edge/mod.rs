@@ -15,7 +15,6 @@ use axum::body::Body;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::Limited;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::auth::Identity;
@@ -23,6 +22,7 @@ use crate::error::GatewayError;
 use crate::proxy;
 use crate::ratelimit::RateLimitHeaders;
 use crate::routing::Handler;
+use crate::server::RequestBody;
 use crate::snapshot::Snapshot;
 use crate::telemetry::trace::{RequestTrace, SpanBody, span};
 use crate::telemetry::{access, metrics};
@@ -82,7 +82,7 @@ impl Gateway {
 
     /// Serves one request: the pipeline's answer, or its error in the SPEC.md format, always
     /// carrying the request id.
-    pub async fn handle(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, peer: SocketAddr, request: Request<RequestBody>) -> Response<Body> {
         let started = Instant::now();
         metrics::active_requests(1.0);
         let request_id = request_id::from_request(request.headers());
@@ -148,7 +148,7 @@ impl Gateway {
         start: Instant,
         request_id: &HeaderValue,
         trace: &RequestTrace,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         seen: &mut Seen,
     ) -> Result<Response<Body>, GatewayError> {
         // One snapshot for the whole request: a reload mid-request never mixes two configs.
@@ -240,17 +240,18 @@ impl Gateway {
             (Handler::Proxy(upstream), _) => {
                 proxy::forward(route, upstream, &path, request, &ctx, deadline).await
             }
+            // Boxed: an operation's future is large, and the plain proxy route's request future
+            // (moved a few times per request) would otherwise be as large.
             (Handler::GraphQL, Some(graphql)) => {
-                graphql
-                    .serve(
-                        &snapshot,
-                        route.rate_limit.as_deref(),
-                        &path,
-                        request,
-                        &ctx,
-                        deadline,
-                    )
-                    .await
+                Box::pin(graphql.serve(
+                    &snapshot,
+                    route.rate_limit.as_deref(),
+                    &path,
+                    request,
+                    &ctx,
+                    deadline,
+                ))
+                .await
             }
             // A GraphQL route exists only in a snapshot with a GraphQL endpoint.
             (Handler::GraphQL, None) => Err(GatewayError::RouteNotFound {

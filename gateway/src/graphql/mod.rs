@@ -30,7 +30,6 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -39,6 +38,7 @@ use crate::edge::RequestContext;
 use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::ratelimit::Policy;
+use crate::server::RequestBody;
 use crate::snapshot::Snapshot;
 use crate::telemetry::trace::{TRACEPARENT, span};
 use crate::upstream::Upstream;
@@ -170,7 +170,7 @@ impl GraphQL {
         snapshot: &Snapshot,
         policy: Option<&Policy>,
         path: &str,
-        request: Request<Limited<Incoming>>,
+        request: Request<Limited<RequestBody>>,
         ctx: &RequestContext,
         deadline: Instant,
     ) -> Result<Response<HttpBody>, GatewayError> {

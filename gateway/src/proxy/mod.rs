@@ -7,7 +7,6 @@ use axum::body::Body;
 use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::edge::RequestContext;
@@ -16,6 +15,7 @@ use crate::edge::headers::strip_hop_by_hop;
 use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::routing::Route;
+use crate::server::RequestBody;
 use crate::telemetry::trace::TRACEPARENT;
 use crate::upstream::{ClientBodyError, Upstream, UpstreamRequest};
 
@@ -24,7 +24,7 @@ pub async fn forward(
     route: &Route,
     upstream: &Upstream,
     path: &str,
-    request: Request<Limited<Incoming>>,
+    request: Request<Limited<RequestBody>>,
     ctx: &RequestContext,
     deadline: Instant,
 ) -> Result<Response<Body>, GatewayError> {

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
 use hyper::service::{Service, service_fn};
 use tokio::time::Instant;
 
@@ -95,12 +94,13 @@ impl Tracker {
     }
 
     /// `service` with its requests counted, for services whose futures are small (the admin API).
-    pub fn wrap<S, B>(
+    pub fn wrap<S, R, B>(
         self,
         service: S,
-    ) -> impl Service<Request<Incoming>, Response = Response<Tracked<B>>, Error = S::Error, Future: Send> + use<S, B>
+    ) -> impl Service<Request<R>, Response = Response<Tracked<B>>, Error = S::Error, Future: Send> + use<S, R, B>
     where
-        S: Service<Request<Incoming>, Response = Response<B>>,
+        S: Service<Request<R>, Response = Response<B>>,
+        R: Body,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         B: Body + Unpin,

@@ -1,5 +1,6 @@
-//! The listener: accepts TCP connections and serves HTTP/1.1 and h2c (prior knowledge) on them
-//! with hyper, then drains on shutdown. The admin API's listener is served the same way.
+//! The listener: accepts TCP connections and serves HTTP/1.1 (our own codec, `h1`) and h2c
+//! (prior knowledge, hyper) on them, then drains on shutdown. The admin API's listener is served
+//! the same way.
 //!
 //! Not `axum::serve`: it has no header-read timeout, so a slowloris client that never finishes its
 //! headers would hold a connection forever. Here the connection's head timer (`head_timer`) cuts
@@ -11,24 +12,70 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::server::conn::http2;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use crate::edge::Gateway;
 
+pub mod h1;
 mod head_timer;
+use h1::Drain;
 use head_timer::{HeadTimer, Tracked, Tracker};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request's body as the listener hands it on: read by our HTTP/1.1 codec, or by hyper's
+/// HTTP/2 one.
+#[derive(Debug)]
+pub enum RequestBody {
+    Http1(h1::RequestBody),
+    Http2(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(body) => body.is_end_stream(),
+            Self::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1(body) => body.size_hint(),
+            Self::Http2(body) => body.size_hint(),
+        }
+    }
+}
 
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
@@ -42,13 +89,13 @@ pub async fn serve(
     } else {
         server.max_connections
     };
-    let graceful = GracefulShutdown::new();
+    let connections = Connections::default();
     let handler = gateway.clone();
     accept(
         listener,
         server.header_read_timeout,
         max_connections,
-        &graceful,
+        &connections,
         shutdown,
         move |peer, requests: Tracker| {
             let gateway = handler.clone();
@@ -67,7 +114,7 @@ pub async fn serve(
     // The listener is closed: new clients are refused instead of queueing behind the drain.
     gateway.start_draining();
     tracing::info!(grace = ?server.shutdown_timeout, "shutting down: finishing in-flight requests");
-    match tokio::time::timeout(server.shutdown_timeout, graceful.shutdown()).await {
+    match tokio::time::timeout(server.shutdown_timeout, connections.drain()).await {
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!("grace period over: closing the connections still open"),
     }
@@ -82,12 +129,11 @@ pub async fn serve_router(
     header_read_timeout: Duration,
     max_connections: usize,
 ) -> io::Result<()> {
-    let graceful = GracefulShutdown::new();
     accept(
         listener,
         header_read_timeout,
         max_connections,
-        &graceful,
+        &Connections::default(),
         std::future::pending(),
         move |_, requests: Tracker| requests.wrap(TowerToHyperService::new(router.clone())),
     )
@@ -102,33 +148,29 @@ enum Protocol {
     H2c,
 }
 
-/// HTTP/1.1 and h2c. hyper's own builders, each chosen by [`first_bytes`], rather than
-/// hyper-util's auto builder, which would sniff the same bytes again and wrap every read of the
-/// connection to replay them. The HTTP/1 header-read timeout is the connection's [`HeadTimer`],
-/// not hyper's (which arms a new timer for every request).
-#[derive(Clone)]
-struct Builders {
-    http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+/// The open connections, and how to drain them: HTTP/1.1 ones through our codec's [`Drain`],
+/// h2c ones through hyper's graceful shutdown (a GOAWAY), both counted by one task tracker.
+#[derive(Default)]
+struct Connections {
+    tasks: TaskTracker,
+    http1: Arc<Drain>,
+    http2: GracefulShutdown,
 }
 
-impl Builders {
-    fn new() -> Self {
-        let mut http1 = http1::Builder::new();
-        // hyper's own header-read timeout is on by default (30 s) and arms a new timer for every
-        // request; the connection's `HeadTimer` does that job.
-        http1.header_read_timeout(None);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30));
-        Self { http1, http2 }
+impl Connections {
+    /// Idle connections close at once, busy ones after their requests; resolves when all are
+    /// closed.
+    async fn drain(self) {
+        self.tasks.close();
+        self.http1.start();
+        self.http2.shutdown().await;
+        self.tasks.wait().await;
     }
 }
 
 /// Accepts connections until `shutdown`, each served by `service(peer, requests)` in a task of its
 /// own (the service counts its requests with `requests`, for the header-read timeout)
-/// and watched by `graceful`; at most `max_connections` are open at once. A connection's first
+/// and counted in `connections`; at most `max_connections` are open at once. A connection's first
 /// bytes must tell its protocol within `header_read_timeout` (see [`first_bytes`]); then each
 /// HTTP/1 request head gets as long again ([`HeadTimer`]). The listener is closed on return, and
 /// connections still waiting for their first bytes are dropped.
@@ -136,19 +178,20 @@ async fn accept<S, B>(
     listener: TcpListener,
     header_read_timeout: Duration,
     max_connections: usize,
-    graceful: &GracefulShutdown,
+    connections: &Connections,
     shutdown: impl Future<Output = ()> + Send,
     service: impl Fn(SocketAddr, Tracker) -> S,
 ) -> io::Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Send + Sync + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
-    let builders = Builders::new();
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
@@ -175,30 +218,39 @@ where
         };
         let _ = stream.set_nodelay(true);
         let timer = HeadTimer::new(header_read_timeout);
-        let (watcher, builders, service) = (
-            graceful.watcher(),
-            builders.clone(),
-            service(peer, timer.tracker()),
+        let service = service(peer, timer.tracker());
+        let (drain, watcher, http2) = (
+            connections.http1.clone(),
+            connections.http2.watcher(),
+            http2.clone(),
         );
         let mut stopped = stopped.clone();
-        tokio::spawn(async move {
+        connections.tasks.spawn(async move {
             let spoke = tokio::select! {
                 spoke = first_bytes(&stream, header_read_timeout) => spoke,
                 _ = stopped.wait_for(|stopping| *stopping) => None,
             };
-            let io = TokioIo::new(stream);
             let served = match spoke {
                 Some(Protocol::Http1) => {
                     timer.restart();
-                    let connection = builders.http1.serve_connection(io, service);
-                    head_timer::or_expired(&timer, watcher.watch(connection))
+                    head_timer::or_expired(&timer, h1::serve(stream, service, &drain))
                         .await
                         .unwrap_or_else(|| {
                             tracing::debug!(%peer, "no request head within header_read_timeout: closed");
                             Ok(())
                         })
+                        .map_err(BoxError::from)
                 }
-                Some(Protocol::H2c) => watcher.watch(builders.http2.serve_connection(io, service)).await,
+                Some(Protocol::H2c) => {
+                    let service = Arc::new(service);
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        service.call(request.map(RequestBody::Http2))
+                    });
+                    watcher
+                        .watch(http2.serve_connection(TokioIo::new(stream), service))
+                        .await
+                        .map_err(BoxError::from)
+                }
                 None => Ok(()),
             };
             if let Err(e) = served {

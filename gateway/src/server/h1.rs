@@ -1,0 +1,834 @@
+//! HTTP/1.1 from clients: our own server codec, driven by the connection's task.
+//!
+//! hyper's HTTP/1 server ran a general dispatcher per message: it polled read, write and flush
+//! states in turn, queued each response in a write buffer of its own, read the clock on every poll
+//! for its `Date` cache, and kept the request body behind a channel. A profile put 8 % of the
+//! gateway's CPU on the plain proxy route in it. This codec does what a gateway's listener needs
+//! and nothing more, as nginx's HTTP module does: read a head, parse it with httparse (header
+//! values are slices of the read buffer, not copies), call the service, write the answer's head
+//! and as much of its body as is ready in one vectored write.
+//!
+//! What it does, as RFC 9112 asks of a server:
+//! - **Request framing.** `Transfer-Encoding` wins over `Content-Length`; it must end in a single
+//!   `chunked` (any other coding is a 400), and a request that carried both is answered and then
+//!   the connection is closed, so bytes hidden behind it are never read as a request. Several
+//!   `Content-Length`s, or one that is not plain digits, are a 400. `Transfer-Encoding` on an
+//!   HTTP/1.0 request is a 400.
+//! - **The body** is read from the socket as the service polls it (no channel, no task); the
+//!   connection's read buffer is lent to it and handed back when the body ends. A body the service
+//!   did not read to its end closes the connection after the answer.
+//! - **`Expect: 100-continue`** is answered with `100 Continue` when the service first asks for
+//!   body bytes, unless it answered first.
+//! - **Response framing.** The service's `Content-Length` is kept and enforced: a body that
+//!   yields more or less closes the connection. Without one, an exact size hint becomes a
+//!   `Content-Length`, else the body is chunked (or, to an HTTP/1.0 client, runs until the
+//!   close). `HEAD`, `204` and `304` answers carry no body. A `Date` is added when missing.
+//! - **Persistence.** Keep-alive unless either side said `close` (HTTP/1.0: unless the client
+//!   said `keep-alive`). Pipelined requests are answered in order.
+//! - **Errors.** A malformed head gets a 400 (431 when it is too large) in the SPEC.md JSON
+//!   format, then the connection is closed. Closing after an answer shuts the write side first
+//!   and reads what the client still sends for a moment (a "lingering close"), so an unread
+//!   upload does not turn into a reset that destroys the answer before the client reads it.
+//! - **Shutdown.** When the listener drains, an idle connection is closed at once; one serving a
+//!   request finishes it, says `Connection: close` if its head is not yet written, and closes.
+//!
+//! What it leaves out: upgrades (the gateway proxies no WebSocket or `CONNECT`), and HTTP/2,
+//! which hyper serves after `super::first_bytes` saw its preface.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::error::GatewayError;
+use crate::http1::{Chunked, Decoded, MAX_HEADERS, decode_chunked, push_decimal, push_hex};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The most a request head (request line and headers) may take: hyper's limit (its read
+/// buffer's), so tokens and cookies that passed before still pass; Envoy's is 60 KiB, nginx's
+/// 32 KiB.
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8 * 1024;
+/// Response bytes queued before the body is polled for more.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Buffers handed to one vectored write.
+const MAX_SLICES: usize = 16;
+/// How long, and for how many bytes, a closing connection keeps reading what the client sends.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The listener's drain signal, shared by its HTTP/1 connections.
+#[derive(Debug, Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    notify: Notify,
+}
+
+impl Drain {
+    /// Idle connections close now; busy ones after their current answer.
+    pub fn start(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the request body failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("the client closed the connection before the request body ended")]
+    ClosedEarly,
+    #[error("the request body is malformed: {0}")]
+    Invalid(&'static str),
+}
+
+/// The socket, shared by the connection and the body of the request being served.
+#[derive(Debug)]
+struct Shared {
+    io: TcpStream,
+    /// The read buffer, handed back by a request body read to its end.
+    returned: Mutex<Option<BytesMut>>,
+    /// Set once the answer's head is queued: a `100 Continue` would come too late.
+    answered: AtomicBool,
+}
+
+impl Shared {
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        buf.reserve(READ_SIZE);
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            match self.io.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+
+    fn poll_write(&self, cx: &mut Context<'_>, slices: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.io.poll_write_ready(cx))?;
+            match self.io.try_write_vectored(slices) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+}
+
+/// A request's body, read from the client's connection as it is polled.
+#[derive(Debug)]
+pub struct RequestBody {
+    /// `None` once the body ended (or when there was none).
+    reading: Option<Reading>,
+}
+
+#[derive(Debug)]
+struct Reading {
+    shared: Arc<Shared>,
+    buf: BytesMut,
+    kind: BodyKind,
+    /// `100 Continue` bytes still to write, when the client asked for one.
+    continue_left: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Length(u64),
+    Chunked(Chunked),
+}
+
+impl RequestBody {
+    pub fn empty() -> Self {
+        Self { reading: None }
+    }
+
+    /// Ends the body and hands the read buffer back to the connection.
+    fn finish(&mut self) {
+        if let Some(reading) = self.reading.take() {
+            let mut returned = reading.shared.returned.lock().unwrap_or_else(|p| p.into_inner());
+            *returned = Some(reading.buf);
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(r) = &mut self.reading else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match &mut r.kind {
+                BodyKind::Length(left) => {
+                    if !r.buf.is_empty() {
+                        let take = r.buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        *left -= take as u64;
+                        let data = r.buf.split_to(take).freeze();
+                        if *left == 0 {
+                            self.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                BodyKind::Chunked(state) => {
+                    match decode_chunked(state, &mut r.buf).map_err(BodyError::Invalid)? {
+                        Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Decoded::Trailers(trailers) => {
+                            self.finish();
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                        }
+                        Decoded::NeedMore => {}
+                    }
+                }
+            }
+            // More bytes are needed; a client waiting for `100 Continue` gets it first.
+            while r.continue_left > 0 {
+                if r.shared.answered.load(Ordering::Relaxed) {
+                    r.continue_left = 0;
+                    break;
+                }
+                let sent = CONTINUE.len() - r.continue_left;
+                let n = ready!(r.shared.poll_write(cx, &[IoSlice::new(&CONTINUE[sent..])]))
+                    .map_err(BodyError::Read)?;
+                r.continue_left -= n;
+            }
+            if ready!(r.shared.poll_read(cx, &mut r.buf)).map_err(BodyError::Read)? == 0 {
+                return Poll::Ready(Some(Err(BodyError::ClosedEarly)));
+            }
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = this.poll_next(cx);
+        if let Poll::Ready(Some(Err(_))) = polled {
+            // Never handed back: the connection closes after the answer.
+            this.reading = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.reading.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.reading {
+            None => SizeHint::with_exact(0),
+            Some(Reading {
+                kind: BodyKind::Length(left),
+                ..
+            }) => SizeHint::with_exact(*left),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// A parsed request head and what it says about the connection.
+struct Head {
+    request: Request<()>,
+    body: Option<BodyKind>,
+    keep_alive: bool,
+    expects_continue: bool,
+}
+
+/// Why a request head was refused.
+#[derive(Debug)]
+enum Refused {
+    Malformed(&'static str),
+    TooLarge,
+}
+
+impl Refused {
+    fn response(&self) -> Response<axum::body::Body> {
+        let request_id = crate::edge::request_id::from_request(&HeaderMap::new());
+        match self {
+            Self::Malformed(why) => GatewayError::BadRequest(why).to_response(&request_id),
+            Self::TooLarge => {
+                let mut response =
+                    GatewayError::BadRequest("the request head is too large").to_response(&request_id);
+                *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                response
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `io` until the client closes, an answer closes the connection, or `drain`
+/// starts while the connection is idle.
+pub async fn serve<S, B>(io: TcpStream, service: S, drain: &Drain) -> io::Result<()>
+where
+    S: hyper::service::Service<Request<super::RequestBody>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let shared = Arc::new(Shared {
+        io,
+        returned: Mutex::new(None),
+        answered: AtomicBool::new(false),
+    });
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut out = Out::default();
+    // Registered once for the connection's life, not once per request.
+    let mut drained = pin!(drain.notify.notified());
+    drained.as_mut().enable();
+    loop {
+        let head = match read_head(&shared, &mut buf, drain, drained.as_mut()).await? {
+            None => return Ok(()),
+            Some(Ok(head)) => head,
+            Some(Err(refused)) => {
+                let response = refused.response();
+                let head_only = false;
+                let (parts, body) = response.into_parts();
+                let _ = respond(&shared, &mut out, parts, body, Version::HTTP_11, head_only, false).await;
+                return linger(&shared).await;
+            }
+        };
+        let Head {
+            request,
+            body,
+            mut keep_alive,
+            expects_continue,
+        } = head;
+        let version = request.version();
+        let head_only = request.method() == Method::HEAD;
+        shared.answered.store(false, Ordering::Relaxed);
+        let has_body = body.is_some();
+        let request_body = match body {
+            None => RequestBody::empty(),
+            Some(kind) => RequestBody {
+                reading: Some(Reading {
+                    shared: shared.clone(),
+                    buf: std::mem::take(&mut buf),
+                    kind,
+                    continue_left: if expects_continue { CONTINUE.len() } else { 0 },
+                }),
+            },
+        };
+        let Ok(response) = service
+            .call(request.map(|()| super::RequestBody::Http1(request_body)))
+            .await;
+        let (mut parts, response_body) = response.into_parts();
+        keep_alive &= !drain.is_draining() && !says_close(&parts.headers);
+        if !keep_alive && !says_close(&parts.headers) {
+            parts
+                .headers
+                .append(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let complete = respond(
+            &shared,
+            &mut out,
+            parts,
+            response_body,
+            version,
+            head_only,
+            keep_alive,
+        )
+        .await?;
+        if has_body {
+            // The body's end handed the read buffer back; without it the rest of an unread body
+            // would be taken for the next request.
+            match shared.returned.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(returned) => buf = returned,
+                None => keep_alive = false,
+            }
+        }
+        if !(keep_alive && complete) {
+            return linger(&shared).await;
+        }
+    }
+}
+
+/// Waits for a complete request head in `buf`. `None` when the client closed between requests,
+/// or the listener drains while this connection is idle.
+async fn read_head(
+    shared: &Shared,
+    buf: &mut BytesMut,
+    drain: &Drain,
+    mut drained: Pin<&mut tokio::sync::futures::Notified<'_>>,
+) -> io::Result<Option<Result<Head, Refused>>> {
+    loop {
+        match parse_head(buf) {
+            Ok(Some(head)) => return Ok(Some(Ok(head))),
+            Ok(None) if buf.len() >= MAX_HEAD => return Ok(Some(Err(Refused::TooLarge))),
+            Ok(None) => {}
+            Err(refused) => return Ok(Some(Err(refused))),
+        }
+        let read = poll_fn(|cx| {
+            if buf.is_empty() && (drain.is_draining() || drained.as_mut().poll(cx).is_ready()) {
+                return Poll::Ready(None);
+            }
+            shared.poll_read(cx, buf).map(Some)
+        })
+        .await;
+        match read {
+            None => return Ok(None),
+            Some(Ok(0)) if buf.is_empty() => return Ok(None),
+            Some(Ok(0)) => {
+                return Ok(Some(Err(Refused::Malformed(
+                    "the connection closed inside a request head",
+                ))));
+            }
+            Some(Ok(_)) => {}
+            // A reset between requests is a client going away, not an error of ours.
+            Some(Err(e)) if buf.is_empty() => {
+                tracing::debug!(error = %e, "client connection ended");
+                return Ok(None);
+            }
+            Some(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// Parses a request head at the front of `buf` and removes it; `None` while it is incomplete.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
+    // Neither the headers nor their spans are initialized up front.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => return Err(Refused::TooLarge),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooLarge),
+        Err(_) => return Err(Refused::Malformed("the request head is malformed")),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Refused::Malformed("the request method is not valid"))?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let start = buf.as_ptr() as usize;
+    let target = parsed.path.unwrap_or_default();
+    let target = (target.as_ptr() as usize - start, target.len());
+    let spans: smallvec::SmallVec<[(u32, u32, u32, u32); 24]> = parsed
+        .headers
+        .iter()
+        .map(|header| {
+            let name = header.name.as_ptr() as usize - start;
+            let value = header.value.as_ptr() as usize - start;
+            // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
+            (
+                name as u32,
+                (name + header.name.len()) as u32,
+                value as u32,
+                (value + header.value.len()) as u32,
+            )
+        })
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| Refused::Malformed("the request target is not valid"))?;
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    let map = request.headers_mut();
+    map.reserve(spans.len());
+    for &(n0, n1, v0, v1) in &spans {
+        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
+            .map_err(|_| Refused::Malformed("a header name is not valid"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
+            .map_err(|_| Refused::Malformed("a header value is not valid"))?;
+        map.append(name, value);
+    }
+    let (body, mut keep_alive) = framing(request.headers(), version)?;
+    if matches!(body, Some(BodyKind::Chunked(_))) {
+        // Read as chunked: a Content-Length beside it means nothing, and goes.
+        request.headers_mut().remove(CONTENT_LENGTH);
+    }
+    keep_alive &= match version {
+        Version::HTTP_10 => has_token(request.headers(), "keep-alive") && !says_close(request.headers()),
+        _ => !says_close(request.headers()),
+    };
+    let expects_continue = version == Version::HTTP_11
+        && body.is_some()
+        && request
+            .headers()
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some(Head {
+        request,
+        body,
+        keep_alive,
+        expects_continue,
+    }))
+}
+
+/// How the request's body is delimited, and whether that lets the connection be kept.
+fn framing(headers: &HeaderMap, version: Version) -> Result<(Option<BodyKind>, bool), Refused> {
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        if version == Version::HTTP_10 {
+            return Err(Refused::Malformed("Transfer-Encoding is not allowed in HTTP/1.0"));
+        }
+        // Exactly one coding over all the header lines, and it is chunked: any other would reach
+        // the backend still coded, or be read differently by another hop.
+        let mut listed = codings
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|c| c.trim_ascii())
+            .filter(|c| !c.is_empty());
+        let only_chunked =
+            listed.next().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) && listed.next().is_none();
+        if !only_chunked {
+            return Err(Refused::Malformed("the only transfer-coding accepted is chunked"));
+        }
+        // With a Content-Length as well, chunked wins and the connection closes after the answer
+        // (RFC 9112 §6.1), so nothing behind this body is read as a request.
+        let keep_alive = !headers.contains_key(CONTENT_LENGTH);
+        return Ok((Some(BodyKind::Chunked(Chunked::Size)), keep_alive));
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(length) = lengths.next() else {
+        return Ok((None, true));
+    };
+    if lengths.next().is_some() {
+        return Err(Refused::Malformed("the request has more than one Content-Length"));
+    }
+    let digits = length.as_bytes();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(Refused::Malformed("the Content-Length is not a number"));
+    }
+    let length = digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    Ok(((length > 0).then_some(BodyKind::Length(length)), true))
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn says_close(headers: &HeaderMap) -> bool {
+    headers.contains_key(CONNECTION) && has_token(headers, "close")
+}
+
+/// How the answer's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// To an HTTP/1.0 client, a body of unknown size runs until the connection closes.
+    Close,
+}
+
+/// Writes the answer; `Ok(false)` when its body failed or broke its length, so the connection
+/// cannot carry another one.
+async fn respond<B>(
+    shared: &Shared,
+    out: &mut Out,
+    parts: http::response::Parts,
+    body: B,
+    version: Version,
+    head_only: bool,
+    keep_alive: bool,
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let framing = out.encode_head(&parts, &body, version, head_only, keep_alive);
+    shared.answered.store(true, Ordering::Relaxed);
+    let mut body = pin!(body);
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut ended = framing == Framing::None;
+    let mut broken = false;
+    poll_fn(|cx| {
+        loop {
+            if !ended && out.queued < WRITE_HIGH_WATER {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        match frame.into_data() {
+                            Ok(data) if data.is_empty() => {}
+                            Ok(data) => match framing {
+                                Framing::Length(_) if data.len() as u64 > left => {
+                                    tracing::debug!("a response body is longer than its Content-Length");
+                                    broken = true;
+                                    ended = true;
+                                }
+                                Framing::Length(_) => {
+                                    left -= data.len() as u64;
+                                    out.push(data);
+                                }
+                                Framing::Chunked => out.push_chunk(data),
+                                _ => out.push(data),
+                            },
+                            Err(frame) => {
+                                if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
+                                    out.push_end(Some(&trailers));
+                                    ended = true;
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Poll::Ready(None) => {
+                        ended = true;
+                        match framing {
+                            Framing::Chunked => out.push_end(None),
+                            Framing::Length(_) if left > 0 => {
+                                tracing::debug!("a response body is shorter than its Content-Length");
+                                broken = true;
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        let e: BoxError = e.into();
+                        tracing::debug!(error = %e, "a response body failed; closing the connection");
+                        broken = true;
+                        ended = true;
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if out.is_empty() {
+                return if ended {
+                    Poll::Ready(Ok::<(), io::Error>(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            ready!(out.poll_write(shared, cx))?;
+        }
+    })
+    .await?;
+    Ok(!broken && framing != Framing::Close)
+}
+
+/// The answer's bytes waiting to be written: its head, then body pieces.
+#[derive(Debug, Default)]
+struct Out {
+    head: Vec<u8>,
+    /// How much of `head` is written.
+    head_sent: usize,
+    pieces: VecDeque<Bytes>,
+    queued: usize,
+}
+
+impl Out {
+    fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    fn encode_head<B: Body>(
+        &mut self,
+        parts: &http::response::Parts,
+        body: &B,
+        version: Version,
+        head_only: bool,
+        keep_alive: bool,
+    ) -> Framing {
+        let head = &mut self.head;
+        head.clear();
+        self.head_sent = 0;
+        let status = parts.status;
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+        head.extend_from_slice(match reason {
+            Some(reason) => reason.as_bytes(),
+            None => status.canonical_reason().unwrap_or("").as_bytes(),
+        });
+        head.extend_from_slice(b"\r\n");
+        let bodiless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let mut declared = None;
+        for (name, value) in &parts.headers {
+            if name == TRANSFER_ENCODING
+                || (bodiless && name == CONTENT_LENGTH && status != StatusCode::NOT_MODIFIED)
+            {
+                continue;
+            }
+            if name == CONTENT_LENGTH {
+                declared = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if !parts.headers.contains_key(DATE) {
+            head.extend_from_slice(b"date: ");
+            date::push(head);
+            head.extend_from_slice(b"\r\n");
+        }
+        if keep_alive && version == Version::HTTP_10 {
+            head.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+        let framing = if bodiless {
+            Framing::None
+        } else if let Some(length) = declared {
+            if head_only {
+                Framing::None
+            } else {
+                Framing::Length(length)
+            }
+        } else if let Some(length) = body.size_hint().exact() {
+            head.extend_from_slice(b"content-length: ");
+            push_decimal(head, length);
+            head.extend_from_slice(b"\r\n");
+            if head_only {
+                Framing::None
+            } else {
+                Framing::Length(length)
+            }
+        } else if head_only {
+            Framing::None
+        } else if version == Version::HTTP_11 {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        } else {
+            Framing::Close
+        };
+        head.extend_from_slice(b"\r\n");
+        self.queued = head.len();
+        framing
+    }
+
+    fn push(&mut self, data: Bytes) {
+        self.queued += data.len();
+        self.pieces.push_back(data);
+    }
+
+    fn push_chunk(&mut self, data: Bytes) {
+        let mut line = Vec::with_capacity(18);
+        push_hex(&mut line, data.len() as u64);
+        line.extend_from_slice(b"\r\n");
+        self.push(Bytes::from(line));
+        self.push(data);
+        self.push(Bytes::from_static(b"\r\n"));
+    }
+
+    fn push_end(&mut self, trailers: Option<&HeaderMap>) {
+        match trailers {
+            None => self.push(Bytes::from_static(b"0\r\n\r\n")),
+            Some(trailers) => {
+                let mut end = b"0\r\n".to_vec();
+                for (name, value) in trailers {
+                    end.extend_from_slice(name.as_str().as_bytes());
+                    end.extend_from_slice(b": ");
+                    end.extend_from_slice(value.as_bytes());
+                    end.extend_from_slice(b"\r\n");
+                }
+                end.extend_from_slice(b"\r\n");
+                self.push(Bytes::from(end));
+            }
+        }
+    }
+
+    /// One vectored write of what is queued.
+    fn poll_write(&mut self, shared: &Shared, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let mut count = 0;
+        if self.head_sent < self.head.len() {
+            slices[0] = IoSlice::new(&self.head[self.head_sent..]);
+            count = 1;
+        }
+        for piece in self.pieces.iter().take(MAX_SLICES - count) {
+            slices[count] = IoSlice::new(piece);
+            count += 1;
+        }
+        let mut n = ready!(shared.poll_write(cx, &slices[..count]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.queued -= n;
+        let in_head = n.min(self.head.len() - self.head_sent);
+        self.head_sent += in_head;
+        n -= in_head;
+        while n > 0 {
+            let Some(front) = self.pieces.front_mut() else {
+                break;
+            };
+            if n < front.len() {
+                front.advance(n);
+                break;
+            }
+            n -= front.len();
+            self.pieces.pop_front();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Closes the connection after its last answer: the write side first, then whatever the client
+/// still sends is read and dropped for a moment, so the answer is not lost to a reset.
+async fn linger(shared: &Shared) -> io::Result<()> {
+    let _ = socket2::SockRef::from(&shared.io).shutdown(std::net::Shutdown::Write);
+    let mut sink = BytesMut::new();
+    let mut drained = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while drained < LINGER_BYTES {
+            sink.clear();
+            match poll_fn(|cx| shared.poll_read(cx, &mut sink)).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// The `Date` header's value (RFC 9110 §6.6.1), rendered once a second.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+
+    pub fn push(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHE.with_borrow_mut(|(at, rendered)| {
+            if *at != secs {
+                let text = httpdate::fmt_http_date(now);
+                rendered.copy_from_slice(&text.as_bytes()[..29]);
+                *at = secs;
+            }
+            out.extend_from_slice(rendered);
+        });
+    }
+}
