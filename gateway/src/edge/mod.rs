@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Request, Response, Version};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::Limited;
 use tokio::time::Instant;
 
@@ -87,7 +87,6 @@ impl Gateway {
         metrics::active_requests(1.0);
         let request_id = request_id::from_request(request.headers());
         let method = request.method().clone();
-        let may_leave_body_unread = is_http1_with_body(&request);
         let trace = RequestTrace::start(&method, request.uri().path(), request.headers());
         let mut seen = Seen::default();
         let answer = self
@@ -100,17 +99,10 @@ impl Gateway {
             Err(e) => {
                 error_code = Some(e.code());
                 tracing::debug!(%method, status = e.status().as_u16(), code = e.code(), request_id = ?request_id, "gateway error");
-                let mut response = e.to_response(&request_id);
                 // An error can come before the request body was read (a 401 or 429 to an
-                // upload). hyper then closes the connection after the response rather than read
-                // an unbounded body; saying so lets the client open a new one instead of sending
-                // its next request into a closing socket.
-                if may_leave_body_unread {
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
+                // upload): the HTTP/1.1 codec then says `Connection: close` unless the rest of
+                // the body is already in its buffer.
+                e.to_response(&request_id)
             }
         };
         // A counted request reports its quota whatever the answer (a 429, or a 502 from upstream).
@@ -272,19 +264,11 @@ struct Seen {
     identity: Option<Arc<Identity>>,
 }
 
-/// An HTTP/1 request that announces a body (HTTP/2 streams need no connection-level cleanup).
-fn is_http1_with_body<B>(request: &Request<B>) -> bool {
-    let headers = request.headers();
-    request.version() <= Version::HTTP_11
-        && (headers.contains_key(TRANSFER_ENCODING)
-            || headers.contains_key(CONTENT_LENGTH) && declared_length(headers) != Some(0))
-}
-
-/// hyper already refuses differing Content-Lengths and non-numeric ones, and when a request has
-/// both Content-Length and Transfer-Encoding it lets chunked win and closes the connection after
-/// the response (RFC 9112 §6.3), so nothing smuggled behind it is ever read. This adds what hyper
-/// lets through: a repeated Content-Length (even with equal values) and transfer-codings other
-/// than a plain `chunked`, whose body would otherwise reach the upstream still coded and unlabeled.
+/// The HTTP/1.1 codec (`server::h1`) already refuses these framings, and hyper's HTTP/2 one
+/// allows no transfer-coding at all; this check stays as the pipeline's own guarantee, whatever
+/// the listener: a repeated Content-Length (even with equal values) and transfer-codings other
+/// than a plain `chunked`, whose body would otherwise reach the upstream still coded and
+/// unlabeled, are refused.
 fn reject_ambiguous_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
     let mut te = headers.get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = te.next()

@@ -41,7 +41,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -50,7 +50,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use crate::error::GatewayError;
@@ -103,34 +105,61 @@ pub enum BodyError {
     Invalid(&'static str),
 }
 
-/// The socket, shared by the connection and the body of the request being served.
-#[derive(Debug)]
+/// What the connection and the body of the request being served share.
+#[derive(Debug, Default)]
 struct Shared {
-    io: TcpStream,
-    /// The read buffer, handed back by a request body read to its end.
-    returned: Mutex<Option<BytesMut>>,
+    /// The read side, handed back by the request body when it ends or is dropped.
+    returned: Mutex<Option<Returned>>,
+    /// Signalled when the body hands the read side back (it may live in another task: hyper's
+    /// HTTP/2 client reads request bodies in a task of its own).
+    handed_back: Notify,
     /// Set once the answer's head is queued: a `100 Continue` would come too late.
     answered: AtomicBool,
+    /// How much of a `100 Continue` went out: the answer's head writes the rest first.
+    continue_sent: AtomicUsize,
 }
 
-impl Shared {
-    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        buf.reserve(READ_SIZE);
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                read => return Poll::Ready(read),
-            }
-        }
-    }
+/// The connection's read side with its buffer, lent to a request body.
+#[derive(Debug)]
+struct Returned {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    rest: Rest,
+}
 
-    fn poll_write(&self, cx: &mut Context<'_>, slices: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+/// What was left of a request body when it was handed back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rest {
+    Done,
+    Unread(BodyKind),
+    /// It failed: the connection's framing is lost.
+    Broken,
+}
+
+impl Returned {
+    /// Reads what is left of the body from the buffer alone (an early answer to a small upload
+    /// already received whole); true when the body ended there, so the connection can be kept.
+    fn finish_buffered(&mut self) -> bool {
         loop {
-            ready!(self.io.poll_write_ready(cx))?;
-            match self.io.try_write_vectored(slices) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                written => return Poll::Ready(written),
+            match &mut self.rest {
+                Rest::Done => return true,
+                Rest::Broken => return false,
+                Rest::Unread(BodyKind::Length(left)) => {
+                    let Ok(left) = usize::try_from(*left) else {
+                        return false;
+                    };
+                    if self.buf.len() < left {
+                        return false;
+                    }
+                    self.buf.advance(left);
+                    self.rest = Rest::Done;
+                }
+                Rest::Unread(BodyKind::Chunked(state)) => match decode_chunked(state, &mut self.buf) {
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(Decoded::Trailers(_)) => self.rest = Rest::Done,
+                    Ok(Decoded::NeedMore) => return false,
+                    Err(_) => self.rest = Rest::Broken,
+                },
             }
         }
     }
@@ -146,10 +175,11 @@ pub struct RequestBody {
 #[derive(Debug)]
 struct Reading {
     shared: Arc<Shared>,
+    read: OwnedReadHalf,
     buf: BytesMut,
     kind: BodyKind,
-    /// `100 Continue` bytes still to write, when the client asked for one.
-    continue_left: usize,
+    /// The client asked for a `100 Continue` before it sends the body.
+    expects_continue: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,11 +193,16 @@ impl RequestBody {
         Self { reading: None }
     }
 
-    /// Ends the body and hands the read buffer back to the connection.
-    fn finish(&mut self) {
-        if let Some(reading) = self.reading.take() {
-            let mut returned = reading.shared.returned.lock().unwrap_or_else(|p| p.into_inner());
-            *returned = Some(reading.buf);
+    /// Hands the read side back to the connection, with what is left of the body.
+    fn hand_back(&mut self, rest: impl FnOnce(BodyKind) -> Rest) {
+        if let Some(r) = self.reading.take() {
+            let returned = Returned {
+                read: r.read,
+                buf: r.buf,
+                rest: rest(r.kind),
+            };
+            *r.shared.returned.lock().unwrap_or_else(|p| p.into_inner()) = Some(returned);
+            r.shared.handed_back.notify_one();
         }
     }
 
@@ -183,7 +218,7 @@ impl RequestBody {
                         *left -= take as u64;
                         let data = r.buf.split_to(take).freeze();
                         if *left == 0 {
-                            self.finish();
+                            self.hand_back(|_| Rest::Done);
                         }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
@@ -192,28 +227,43 @@ impl RequestBody {
                     match decode_chunked(state, &mut r.buf).map_err(BodyError::Invalid)? {
                         Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                         Decoded::Trailers(trailers) => {
-                            self.finish();
+                            self.hand_back(|_| Rest::Done);
                             return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                         }
                         Decoded::NeedMore => {}
                     }
                 }
             }
-            // More bytes are needed; a client waiting for `100 Continue` gets it first.
-            while r.continue_left > 0 {
-                if r.shared.answered.load(Ordering::Relaxed) {
-                    r.continue_left = 0;
-                    break;
+            // More bytes are needed; a client waiting for `100 Continue` gets it first, unless
+            // the answer is already on its way.
+            if r.expects_continue && !r.shared.answered.load(Ordering::Acquire) {
+                let socket: &TcpStream = r.read.as_ref();
+                loop {
+                    let sent = r.shared.continue_sent.load(Ordering::Acquire);
+                    if sent >= CONTINUE.len() {
+                        break;
+                    }
+                    ready!(socket.poll_write_ready(cx)).map_err(BodyError::Read)?;
+                    match socket.try_write(&CONTINUE[sent..]) {
+                        Ok(n) => {
+                            r.shared.continue_sent.fetch_add(n, Ordering::AcqRel);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Some(Err(BodyError::Read(e)))),
+                    }
                 }
-                let sent = CONTINUE.len() - r.continue_left;
-                let n = ready!(r.shared.poll_write(cx, &[IoSlice::new(&CONTINUE[sent..])]))
-                    .map_err(BodyError::Read)?;
-                r.continue_left -= n;
             }
-            if ready!(r.shared.poll_read(cx, &mut r.buf)).map_err(BodyError::Read)? == 0 {
+            r.expects_continue = false;
+            if ready!(poll_read(&mut r.read, cx, &mut r.buf)).map_err(BodyError::Read)? == 0 {
                 return Poll::Ready(Some(Err(BodyError::ClosedEarly)));
             }
         }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.hand_back(Rest::Unread);
     }
 }
 
@@ -228,8 +278,7 @@ impl Body for RequestBody {
         let this = self.get_mut();
         let polled = this.poll_next(cx);
         if let Poll::Ready(Some(Err(_))) = polled {
-            // Never handed back: the connection closes after the answer.
-            this.reading = None;
+            this.hand_back(|_| Rest::Broken);
         }
         polled
     }
@@ -250,12 +299,21 @@ impl Body for RequestBody {
     }
 }
 
+/// Reads what the socket has into `buf`. Through `AsyncRead`, which clears the socket's
+/// readiness after a short read, so the next wait costs no failing system call.
+fn poll_read(read: &mut OwnedReadHalf, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    buf.reserve(READ_SIZE);
+    tokio_util::io::poll_read_buf(Pin::new(read), cx, buf)
+}
+
 /// A parsed request head and what it says about the connection.
 struct Head {
     request: Request<()>,
     body: Option<BodyKind>,
     keep_alive: bool,
     expects_continue: bool,
+    /// The client said `TE: trailers`: it takes trailer fields after a chunked answer.
+    takes_trailers: bool,
 }
 
 /// Why a request head was refused.
@@ -268,7 +326,7 @@ enum Refused {
 impl Refused {
     fn response(&self) -> Response<axum::body::Body> {
         let request_id = crate::edge::request_id::from_request(&HeaderMap::new());
-        match self {
+        let mut response = match self {
             Self::Malformed(why) => GatewayError::BadRequest(why).to_response(&request_id),
             Self::TooLarge => {
                 let mut response =
@@ -276,8 +334,21 @@ impl Refused {
                 *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
                 response
             }
-        }
+        };
+        let headers = response.headers_mut();
+        headers.insert(&crate::edge::request_id::X_REQUEST_ID, request_id);
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        response
     }
+}
+
+/// The connection's own side of the socket.
+struct Conn {
+    /// `None` while a request body has it.
+    read: Option<OwnedReadHalf>,
+    buf: BytesMut,
+    write: OwnedWriteHalf,
+    out: Out,
 }
 
 /// Serves HTTP/1.1 on `io` until the client closes, an answer closes the connection, or `drain`
@@ -288,103 +359,183 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let shared = Arc::new(Shared {
-        io,
-        returned: Mutex::new(None),
-        answered: AtomicBool::new(false),
-    });
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut out = Out::default();
+    let shared = Arc::new(Shared::default());
+    let (read, write) = io.into_split();
+    let mut conn = Conn {
+        read: Some(read),
+        buf: BytesMut::with_capacity(READ_SIZE),
+        write,
+        out: Out::default(),
+    };
     // Registered once for the connection's life, not once per request.
     let mut drained = pin!(drain.notify.notified());
     drained.as_mut().enable();
     loop {
-        let head = match read_head(&shared, &mut buf, drain, drained.as_mut()).await? {
+        let Some(read) = conn.read.as_mut() else {
+            return Ok(());
+        };
+        let head = match read_head(read, &mut conn.buf, drain, drained.as_mut()).await? {
             None => return Ok(()),
             Some(Ok(head)) => head,
             Some(Err(refused)) => {
-                let response = refused.response();
-                let head_only = false;
-                let (parts, body) = response.into_parts();
-                let _ = respond(&shared, &mut out, parts, body, Version::HTTP_11, head_only, false).await;
-                return linger(&shared).await;
+                let (parts, body) = refused.response().into_parts();
+                let answer = Answer {
+                    version: Version::HTTP_11,
+                    head_only: false,
+                    keep_alive: false,
+                    takes_trailers: false,
+                };
+                let _ = respond(&shared, &mut conn, parts, body, answer).await;
+                return conn.linger().await;
             }
         };
         let Head {
             request,
             body,
-            mut keep_alive,
+            keep_alive,
             expects_continue,
+            takes_trailers,
         } = head;
-        let version = request.version();
-        let head_only = request.method() == Method::HEAD;
-        shared.answered.store(false, Ordering::Relaxed);
+        let mut answer = Answer {
+            version: request.version(),
+            head_only: request.method() == Method::HEAD,
+            keep_alive,
+            takes_trailers,
+        };
+        shared.answered.store(false, Ordering::Release);
+        shared.continue_sent.store(0, Ordering::Release);
         let has_body = body.is_some();
-        let request_body = match body {
-            None => RequestBody::empty(),
-            Some(kind) => RequestBody {
+        let request_body = match (body, conn.read.take()) {
+            (Some(kind), Some(read)) => RequestBody {
                 reading: Some(Reading {
                     shared: shared.clone(),
-                    buf: std::mem::take(&mut buf),
+                    read,
+                    buf: std::mem::take(&mut conn.buf),
                     kind,
-                    continue_left: if expects_continue { CONTINUE.len() } else { 0 },
+                    expects_continue,
                 }),
             },
+            (_, read) => {
+                conn.read = read;
+                RequestBody::empty()
+            }
         };
-        let Ok(response) = service
-            .call(request.map(|()| super::RequestBody::Http1(request_body)))
-            .await;
+        let call = service.call(request.map(|()| super::RequestBody::Http1(request_body)));
+        let Some(Ok(response)) = conn.unless_client_leaves(call).await else {
+            tracing::debug!("the client closed its connection before the answer");
+            return Ok(());
+        };
         let (mut parts, response_body) = response.into_parts();
-        keep_alive &= !drain.is_draining() && !says_close(&parts.headers);
-        if !keep_alive && !says_close(&parts.headers) {
+        if has_body {
+            // A body the service left unread closes the connection after the answer, unless the
+            // rest of it is already in the buffer; said in the head, when it is known by then.
+            let mut returned = shared.returned.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(returned) = returned.as_mut() {
+                answer.keep_alive &= returned.finish_buffered();
+            }
+        }
+        answer.keep_alive &= !drain.is_draining() && !says_close(&parts.headers);
+        if !answer.keep_alive && !says_close(&parts.headers) {
             parts
                 .headers
                 .append(CONNECTION, HeaderValue::from_static("close"));
         }
-        let complete = respond(
-            &shared,
-            &mut out,
-            parts,
-            response_body,
-            version,
-            head_only,
-            keep_alive,
-        )
-        .await?;
+        let complete = respond(&shared, &mut conn, parts, response_body, answer).await?;
         if has_body {
-            // The body's end handed the read buffer back; without it the rest of an unread body
-            // would be taken for the next request.
-            match shared.returned.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                Some(returned) => buf = returned,
-                None => keep_alive = false,
+            // The body hands the read side back when it ends or is dropped; without the whole body
+            // read, its rest would be taken for the next request.
+            let mut returned = loop {
+                let handed_back = shared.handed_back.notified();
+                if let Some(returned) = shared.returned.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    break returned;
+                }
+                handed_back.await;
+            };
+            answer.keep_alive &= returned.finish_buffered();
+            conn.read = Some(returned.read);
+            conn.buf = returned.buf;
+        }
+        if !(answer.keep_alive && complete) {
+            return conn.linger().await;
+        }
+    }
+}
+
+impl Conn {
+    /// Runs the service's future while watching the socket when no body is reading it: a client
+    /// that closes its connection (or resets it) before the answer cancels the request, as hyper
+    /// did. What a client pipelines meanwhile is kept for the next request. `None`: it left.
+    async fn unless_client_leaves<F: Future>(&mut self, call: F) -> Option<F::Output> {
+        let mut call = pin!(call);
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = call.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
             }
-        }
-        if !(keep_alive && complete) {
-            return linger(&shared).await;
-        }
+            while let Some(read) = self.read.as_mut()
+                && self.buf.len() < MAX_HEAD
+            {
+                match poll_read(read, cx, &mut self.buf) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Closes the connection after its last answer: the write side first, then whatever the
+    /// client still sends is read and dropped for a moment, so the answer is not lost to a reset.
+    async fn linger(mut self) -> io::Result<()> {
+        let _ = self.write.shutdown().await;
+        let Some(mut read) = self.read.take() else {
+            return Ok(());
+        };
+        let mut sink = BytesMut::new();
+        let mut drained = 0;
+        let _ = tokio::time::timeout(LINGER, async {
+            while drained < LINGER_BYTES {
+                sink.clear();
+                match poll_fn(|cx| poll_read(&mut read, cx, &mut sink)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+        Ok(())
     }
 }
 
 /// Waits for a complete request head in `buf`. `None` when the client closed between requests,
 /// or the listener drains while this connection is idle.
 async fn read_head(
-    shared: &Shared,
+    read: &mut OwnedReadHalf,
     buf: &mut BytesMut,
     drain: &Drain,
     mut drained: Pin<&mut tokio::sync::futures::Notified<'_>>,
 ) -> io::Result<Option<Result<Head, Refused>>> {
+    // Parsing starts over from the top on each read, so it waits until the end of a head is in
+    // sight: a head trickled in small pieces is not parsed once per piece.
+    let mut scanned = 0;
     loop {
-        match parse_head(buf) {
-            Ok(Some(head)) => return Ok(Some(Ok(head))),
-            Ok(None) if buf.len() >= MAX_HEAD => return Ok(Some(Err(Refused::TooLarge))),
-            Ok(None) => {}
-            Err(refused) => return Ok(Some(Err(refused))),
+        if scanned == 0 || head_end_after(buf, scanned) {
+            match parse_head(buf) {
+                Ok(Some(head)) => return Ok(Some(Ok(head))),
+                Ok(None) => {}
+                Err(refused) => return Ok(Some(Err(refused))),
+            }
         }
+        if buf.len() >= MAX_HEAD {
+            return Ok(Some(Err(Refused::TooLarge)));
+        }
+        scanned = buf.len();
         let read = poll_fn(|cx| {
             if buf.is_empty() && (drain.is_draining() || drained.as_mut().poll(cx).is_ready()) {
                 return Poll::Ready(None);
             }
-            shared.poll_read(cx, buf).map(Some)
+            poll_read(read, cx, buf).map(Some)
         })
         .await;
         match read {
@@ -404,6 +555,19 @@ async fn read_head(
             Some(Err(e)) => return Err(e),
         }
     }
+}
+
+/// Whether `buf` holds an empty line (`\n\n` or `\n\r\n`) ending after `from`.
+fn head_end_after(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    buf[start..]
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'\n')
+        .any(|(i, _)| {
+            let rest = &buf[start + i + 1..];
+            rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n")
+        })
 }
 
 /// Parses a request head at the front of `buf` and removes it; `None` while it is incomplete.
@@ -468,6 +632,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         Version::HTTP_10 => has_token(request.headers(), "keep-alive") && !says_close(request.headers()),
         _ => !says_close(request.headers()),
     };
+    let takes_trailers = request
+        .headers()
+        .get_all(http::header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
     let expects_continue = version == Version::HTTP_11
         && body.is_some()
         && request
@@ -479,6 +649,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         body,
         keep_alive,
         expects_continue,
+        takes_trailers,
     }))
 }
 
@@ -542,23 +713,37 @@ enum Framing {
     Close,
 }
 
-/// Writes the answer; `Ok(false)` when its body failed or broke its length, so the connection
-/// cannot carry another one.
-async fn respond<B>(
-    shared: &Shared,
-    out: &mut Out,
-    parts: http::response::Parts,
-    body: B,
+/// What the request decided about its answer.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
     version: Version,
     head_only: bool,
     keep_alive: bool,
+    takes_trailers: bool,
+}
+
+/// Writes the answer; `Ok(false)` when its body failed, broke its length or ends with the
+/// connection, so the connection cannot carry another one.
+async fn respond<B>(
+    shared: &Shared,
+    conn: &mut Conn,
+    parts: http::response::Parts,
+    body: B,
+    answer: Answer,
 ) -> io::Result<bool>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let framing = out.encode_head(&parts, &body, version, head_only, keep_alive);
-    shared.answered.store(true, Ordering::Relaxed);
+    shared.answered.store(true, Ordering::Release);
+    let continued = shared.continue_sent.load(Ordering::Acquire).min(CONTINUE.len());
+    let cut_short = if continued > 0 {
+        &CONTINUE[continued..]
+    } else {
+        &[][..]
+    };
+    let framing = conn.out.encode_head(&parts, &body, answer, cut_short);
+    let Conn { out, write, .. } = conn;
     let mut body = pin!(body);
     let mut left = match framing {
         Framing::Length(n) => n,
@@ -588,7 +773,8 @@ where
                             },
                             Err(frame) => {
                                 if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
-                                    out.push_end(Some(&trailers));
+                                    // Trailer fields only to a client that said it takes them.
+                                    out.push_end(Some(&trailers).filter(|_| answer.takes_trailers));
                                     ended = true;
                                 }
                             }
@@ -624,7 +810,7 @@ where
                     Poll::Pending
                 };
             }
-            ready!(out.poll_write(shared, cx))?;
+            ready!(out.poll_write(write, cx))?;
         }
     })
     .await?;
@@ -646,17 +832,19 @@ impl Out {
         self.queued == 0
     }
 
+    /// Writes the status line and headers; `before` goes first (the rest of a `100 Continue`
+    /// cut short by a full socket).
     fn encode_head<B: Body>(
         &mut self,
         parts: &http::response::Parts,
         body: &B,
-        version: Version,
-        head_only: bool,
-        keep_alive: bool,
+        answer: Answer,
+        before: &[u8],
     ) -> Framing {
         let head = &mut self.head;
         head.clear();
         self.head_sent = 0;
+        head.extend_from_slice(before);
         let status = parts.status;
         head.extend_from_slice(b"HTTP/1.1 ");
         head.extend_from_slice(status.as_str().as_bytes());
@@ -667,59 +855,60 @@ impl Out {
             None => status.canonical_reason().unwrap_or("").as_bytes(),
         });
         head.extend_from_slice(b"\r\n");
-        let bodiless = status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        let mut declared = None;
+
+        // The framing first, from one checked Content-Length (copies that disagree, or are not
+        // plain digits, count as none) or the body's exact size.
+        let no_body = status.is_informational() || status == StatusCode::NO_CONTENT;
+        let bodiless = no_body || answer.head_only || status == StatusCode::NOT_MODIFIED;
+        let declared = declared_length(&parts.headers);
+        let length = if no_body || status == StatusCode::NOT_MODIFIED {
+            declared.filter(|_| !no_body)
+        } else if bodiless {
+            // A HEAD answer's body is not sent: a non-empty one is the representation (a
+            // gateway error), an empty one says nothing (a proxied HEAD), as hyper had it.
+            declared.or(body.size_hint().exact().filter(|&n| n > 0))
+        } else {
+            declared.or(body.size_hint().exact())
+        };
+        let framing = if bodiless {
+            Framing::None
+        } else if let Some(length) = length {
+            Framing::Length(length)
+        } else if answer.version == Version::HTTP_11 {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        };
+
         for (name, value) in &parts.headers {
-            if name == TRANSFER_ENCODING
-                || (bodiless && name == CONTENT_LENGTH && status != StatusCode::NOT_MODIFIED)
-            {
+            if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
                 continue;
-            }
-            if name == CONTENT_LENGTH {
-                declared = std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok());
             }
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
+        if let Some(length) = length {
+            head.extend_from_slice(b"content-length: ");
+            push_decimal(head, length);
+            head.extend_from_slice(b"\r\n");
+        }
+        if framing == Framing::Chunked {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
         if !parts.headers.contains_key(DATE) {
             head.extend_from_slice(b"date: ");
             date::push(head);
             head.extend_from_slice(b"\r\n");
         }
-        if keep_alive && version == Version::HTTP_10 {
-            head.extend_from_slice(b"connection: keep-alive\r\n");
+        if answer.version == Version::HTTP_10 && !parts.headers.contains_key(CONNECTION) {
+            head.extend_from_slice(if answer.keep_alive && framing != Framing::Close {
+                b"connection: keep-alive\r\n"
+            } else {
+                b"connection: close\r\n"
+            });
         }
-        let framing = if bodiless {
-            Framing::None
-        } else if let Some(length) = declared {
-            if head_only {
-                Framing::None
-            } else {
-                Framing::Length(length)
-            }
-        } else if let Some(length) = body.size_hint().exact() {
-            head.extend_from_slice(b"content-length: ");
-            push_decimal(head, length);
-            head.extend_from_slice(b"\r\n");
-            if head_only {
-                Framing::None
-            } else {
-                Framing::Length(length)
-            }
-        } else if head_only {
-            Framing::None
-        } else if version == Version::HTTP_11 {
-            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            Framing::Chunked
-        } else {
-            Framing::Close
-        };
         head.extend_from_slice(b"\r\n");
         self.queued = head.len();
         framing
@@ -757,7 +946,7 @@ impl Out {
     }
 
     /// One vectored write of what is queued.
-    fn poll_write(&mut self, shared: &Shared, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write(&mut self, write: &mut OwnedWriteHalf, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let mut count = 0;
         if self.head_sent < self.head.len() {
@@ -768,7 +957,7 @@ impl Out {
             slices[count] = IoSlice::new(piece);
             count += 1;
         }
-        let mut n = ready!(shared.poll_write(cx, &slices[..count]))?;
+        let mut n = ready!(Pin::new(write).poll_write_vectored(cx, &slices[..count]))?;
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
@@ -791,23 +980,23 @@ impl Out {
     }
 }
 
-/// Closes the connection after its last answer: the write side first, then whatever the client
-/// still sends is read and dropped for a moment, so the answer is not lost to a reset.
-async fn linger(shared: &Shared) -> io::Result<()> {
-    let _ = socket2::SockRef::from(&shared.io).shutdown(std::net::Shutdown::Write);
-    let mut sink = BytesMut::new();
-    let mut drained = 0;
-    let _ = tokio::time::timeout(LINGER, async {
-        while drained < LINGER_BYTES {
-            sink.clear();
-            match poll_fn(|cx| shared.poll_read(cx, &mut sink)).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
+/// The one length all of a message's `Content-Length` fields agree on, if they are plain digits.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
             }
+            let n = digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
         }
-    })
-    .await;
-    Ok(())
+    }
+    length
 }
 
 /// The `Date` header's value (RFC 9110 §6.6.1), rendered once a second.
