@@ -367,14 +367,20 @@ where
         write,
         out: Out::default(),
     };
-    // Registered once for the connection's life, not once per request.
+    // Registered once for the connection's life, with the task's waker (polled once, it never
+    // needs polling again: the task's waker does not change). A drain wakes the task, and
+    // `read_head` sees the flag.
     let mut drained = pin!(drain.notify.notified());
-    drained.as_mut().enable();
+    poll_fn(|cx| {
+        let _ = drained.as_mut().poll(cx);
+        Poll::Ready(())
+    })
+    .await;
     loop {
         let Some(read) = conn.read.as_mut() else {
             return Ok(());
         };
-        let head = match read_head(read, &mut conn.buf, drain, drained.as_mut()).await? {
+        let head = match read_head(read, &mut conn.buf, drain).await? {
             None => return Ok(()),
             Some(Ok(head)) => head,
             Some(Err(refused)) => {
@@ -420,8 +426,10 @@ where
                 RequestBody::empty()
             }
         };
-        let call = service.call(request.map(|()| super::RequestBody::Http1(request_body)));
-        let Some(Ok(response)) = conn.unless_client_leaves(call).await else {
+        // Pinned where it is made: the request's future is large, and handing it to a helper
+        // by value would copy it once more per request.
+        let mut call = pin!(service.call(request.map(|()| super::RequestBody::Http1(request_body))));
+        let Some(Ok(response)) = poll_fn(|cx| conn.poll_unless_client_left(call.as_mut(), cx)).await else {
             tracing::debug!("the client closed its connection before the answer");
             return Ok(());
         };
@@ -462,27 +470,28 @@ where
 }
 
 impl Conn {
-    /// Runs the service's future while watching the socket when no body is reading it: a client
-    /// that closes its connection (or resets it) before the answer cancels the request, as hyper
-    /// did. What a client pipelines meanwhile is kept for the next request. `None`: it left.
-    async fn unless_client_leaves<F: Future>(&mut self, call: F) -> Option<F::Output> {
-        let mut call = pin!(call);
-        poll_fn(|cx| {
-            if let Poll::Ready(output) = call.as_mut().poll(cx) {
-                return Poll::Ready(Some(output));
+    /// Polls the service's future while watching the socket when no body is reading it: a
+    /// client that closes its connection (or resets it) before the answer cancels the request,
+    /// as hyper did. What a client pipelines meanwhile is kept for the next request. `None`: it
+    /// left.
+    fn poll_unless_client_left<F: Future>(
+        &mut self,
+        call: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<F::Output>> {
+        if let Poll::Ready(output) = call.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        while let Some(read) = self.read.as_mut()
+            && self.buf.len() < MAX_HEAD
+        {
+            match poll_read(read, cx, &mut self.buf) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
             }
-            while let Some(read) = self.read.as_mut()
-                && self.buf.len() < MAX_HEAD
-            {
-                match poll_read(read, cx, &mut self.buf) {
-                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Pending => break,
-                }
-            }
-            Poll::Pending
-        })
-        .await
+        }
+        Poll::Pending
     }
 
     /// Closes the connection after its last answer: the write side first, then whatever the
@@ -514,7 +523,6 @@ async fn read_head(
     read: &mut OwnedReadHalf,
     buf: &mut BytesMut,
     drain: &Drain,
-    mut drained: Pin<&mut tokio::sync::futures::Notified<'_>>,
 ) -> io::Result<Option<Result<Head, Refused>>> {
     // Parsing starts over from the top on each read, so it waits until the end of a head is in
     // sight: a head trickled in small pieces is not parsed once per piece.
@@ -532,7 +540,7 @@ async fn read_head(
         }
         scanned = buf.len();
         let read = poll_fn(|cx| {
-            if buf.is_empty() && (drain.is_draining() || drained.as_mut().poll(cx).is_ready()) {
+            if buf.is_empty() && drain.is_draining() {
                 return Poll::Ready(None);
             }
             poll_read(read, cx, buf).map(Some)
