@@ -433,7 +433,7 @@ where
             tracing::debug!("the client closed its connection before the answer");
             return Ok(());
         };
-        let (mut parts, response_body) = response.into_parts();
+        let (parts, response_body) = response.into_parts();
         if has_body {
             // A body the service left unread closes the connection after the answer, unless the
             // rest of it is already in the buffer; said in the head, when it is known by then.
@@ -442,13 +442,9 @@ where
                 answer.keep_alive &= returned.finish_buffered();
             }
         }
-        answer.keep_alive &= !drain.is_draining() && !says_close(&parts.headers);
-        if !answer.keep_alive && !says_close(&parts.headers) {
-            parts
-                .headers
-                .append(CONNECTION, HeaderValue::from_static("close"));
-        }
-        let complete = respond(&shared, &mut conn, parts, response_body, answer).await?;
+        answer.keep_alive &= !drain.is_draining();
+        let (complete, kept) = respond(&shared, &mut conn, parts, response_body, answer).await?;
+        answer.keep_alive &= kept;
         if has_body {
             // The body hands the read side back when it ends or is dropped; without the whole body
             // read, its rest would be taken for the next request.
@@ -624,34 +620,44 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     *request.version_mut() = version;
     let map = request.headers_mut();
     map.reserve(spans.len());
+    // Which of the headers that shape the exchange are there at all: most requests carry none,
+    // and then none is looked up below.
+    let mut present = Present::default();
     for &(n0, n1, v0, v1) in &spans {
         let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
             .map_err(|_| Refused::Malformed("a header name is not valid"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
             .map_err(|_| Refused::Malformed("a header value is not valid"))?;
+        present.note(&name);
         map.append(name, value);
     }
-    let (body, mut keep_alive) = framing(request.headers(), version)?;
-    if matches!(body, Some(BodyKind::Chunked(_))) {
+    let headers = request.headers();
+    let (body, mut keep_alive) = if present.content_length || present.transfer_encoding {
+        framing(headers, version)?
+    } else {
+        (None, true)
+    };
+    let says = |token: &str| present.connection && has_token(headers, token);
+    keep_alive &= match version {
+        Version::HTTP_10 => says("keep-alive") && !says("close"),
+        _ => !says("close"),
+    };
+    let takes_trailers = present.te
+        && headers
+            .get_all(http::header::TE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    let expects_continue = version == Version::HTTP_11
+        && body.is_some()
+        && present.expect
+        && headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if present.content_length && matches!(body, Some(BodyKind::Chunked(_))) {
         // Read as chunked: a Content-Length beside it means nothing, and goes.
         request.headers_mut().remove(CONTENT_LENGTH);
     }
-    keep_alive &= match version {
-        Version::HTTP_10 => has_token(request.headers(), "keep-alive") && !says_close(request.headers()),
-        _ => !says_close(request.headers()),
-    };
-    let takes_trailers = request
-        .headers()
-        .get_all(http::header::TE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
-    let expects_continue = version == Version::HTTP_11
-        && body.is_some()
-        && request
-            .headers()
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     Ok(Some(Head {
         request,
         body,
@@ -699,16 +705,41 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<(Option<BodyKind>, b
     Ok(((length > 0).then_some(BodyKind::Length(length)), true))
 }
 
+/// Which headers that shape a message's exchange it carries, noted as its map is built.
+#[derive(Debug, Default)]
+struct Present {
+    content_length: bool,
+    transfer_encoding: bool,
+    connection: bool,
+    te: bool,
+    expect: bool,
+    date: bool,
+}
+
+impl Present {
+    fn note(&mut self, name: &HeaderName) {
+        if name == CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == CONNECTION {
+            self.connection = true;
+        } else if name == http::header::TE {
+            self.te = true;
+        } else if name == EXPECT {
+            self.expect = true;
+        } else if name == DATE {
+            self.date = true;
+        }
+    }
+}
+
 fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-fn says_close(headers: &HeaderMap) -> bool {
-    headers.contains_key(CONNECTION) && has_token(headers, "close")
 }
 
 /// How the answer's body is delimited on the wire.
@@ -730,15 +761,15 @@ struct Answer {
     takes_trailers: bool,
 }
 
-/// Writes the answer; `Ok(false)` when its body failed, broke its length or ends with the
-/// connection, so the connection cannot carry another one.
+/// Writes the answer. Returns whether it ended cleanly (its body did not fail or break its
+/// length, and does not end with the connection) and whether its head kept the connection.
 async fn respond<B>(
     shared: &Shared,
     conn: &mut Conn,
     parts: http::response::Parts,
     body: B,
     answer: Answer,
-) -> io::Result<bool>
+) -> io::Result<(bool, bool)>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -750,7 +781,7 @@ where
     } else {
         &[][..]
     };
-    let framing = conn.out.encode_head(&parts, &body, answer, cut_short);
+    let (framing, kept) = conn.out.encode_head(&parts, &body, answer, cut_short);
     let Conn { out, write, .. } = conn;
     let mut body = pin!(body);
     let mut left = match framing {
@@ -822,7 +853,7 @@ where
         }
     })
     .await?;
-    Ok(!broken && framing != Framing::Close)
+    Ok((!broken && framing != Framing::Close, kept))
 }
 
 /// The answer's bytes waiting to be written: its head, then body pieces.
@@ -848,7 +879,7 @@ impl Out {
         body: &B,
         answer: Answer,
         before: &[u8],
-    ) -> Framing {
+    ) -> (Framing, bool) {
         let head = &mut self.head;
         head.clear();
         self.head_sent = 0;
@@ -864,11 +895,27 @@ impl Out {
         });
         head.extend_from_slice(b"\r\n");
 
-        // The framing first, from one checked Content-Length (copies that disagree, or are not
-        // plain digits, count as none) or the body's exact size.
+        // The service's headers, but for the framing ones: one pass, noting what is there.
+        let mut present = Present::default();
+        for (name, value) in &parts.headers {
+            present.note(name);
+            if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+                continue;
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+
+        // The framing: one checked Content-Length (copies that disagree, or are not plain
+        // digits, count as none), or the body's exact size, else chunked or to the close.
         let no_body = status.is_informational() || status == StatusCode::NO_CONTENT;
         let bodiless = no_body || answer.head_only || status == StatusCode::NOT_MODIFIED;
-        let declared = declared_length(&parts.headers);
+        let declared = present
+            .content_length
+            .then(|| declared_length(&parts.headers))
+            .flatten();
         let length = if no_body || status == StatusCode::NOT_MODIFIED {
             declared.filter(|_| !no_body)
         } else if bodiless {
@@ -887,16 +934,6 @@ impl Out {
         } else {
             Framing::Close
         };
-
-        for (name, value) in &parts.headers {
-            if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
-                continue;
-            }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
         if let Some(length) = length {
             head.extend_from_slice(b"content-length: ");
             push_decimal(head, length);
@@ -905,21 +942,26 @@ impl Out {
         if framing == Framing::Chunked {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
-        if !parts.headers.contains_key(DATE) {
+        if !present.date {
             head.extend_from_slice(b"date: ");
             date::push(head);
             head.extend_from_slice(b"\r\n");
         }
-        if answer.version == Version::HTTP_10 && !parts.headers.contains_key(CONNECTION) {
-            head.extend_from_slice(if answer.keep_alive && framing != Framing::Close {
-                b"connection: keep-alive\r\n"
-            } else {
-                b"connection: close\r\n"
-            });
+        // Whether the connection stays: the request's say, then the service's.
+        let says_close = present.connection && has_token(&parts.headers, "close");
+        let keep_alive = answer.keep_alive && !says_close && framing != Framing::Close;
+        if !present.connection {
+            if !keep_alive {
+                head.extend_from_slice(b"connection: close\r\n");
+            } else if answer.version == Version::HTTP_10 {
+                head.extend_from_slice(b"connection: keep-alive\r\n");
+            }
+        } else if !keep_alive && !says_close {
+            head.extend_from_slice(b"connection: close\r\n");
         }
         head.extend_from_slice(b"\r\n");
         self.queued = head.len();
-        framing
+        (framing, keep_alive)
     }
 
     fn push(&mut self, data: Bytes) {
