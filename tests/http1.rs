@@ -687,6 +687,9 @@ async fn a_malformed_head_gets_a_json_400_and_the_connection_closes() {
         // Whitespace before the colon, and an obsolete line folding (RFC 9112 §5.1, §5.2).
         b"GET /app/hello HTTP/1.1\r\nHost : gw\r\n\r\n",
         b"GET /app/hello HTTP/1.1\r\nHost: gw\r\nX-Folded: a\r\n b\r\n\r\n",
+        // HTTP/1.1 needs exactly one Host (RFC 9112 §3.2).
+        b"GET /app/hello HTTP/1.1\r\n\r\n",
+        b"GET /app/hello HTTP/1.1\r\nHost: gw\r\nHost: other\r\n\r\n",
     ] {
         let mut wire = Wire::open(gw.addr).await;
         wire.send(head).await;

@@ -631,6 +631,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         present.note(&name);
         map.append(name, value);
     }
+    // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request; which authority a request with
+    // two means is a guess another hop could make differently.
+    if version == Version::HTTP_11 && present.hosts != 1 {
+        return Err(Refused::Malformed(
+            "an HTTP/1.1 request must carry exactly one Host header",
+        ));
+    }
     let headers = request.headers();
     let (body, mut keep_alive) = if present.content_length || present.transfer_encoding {
         framing(headers, version)?
@@ -714,6 +721,8 @@ struct Present {
     te: bool,
     expect: bool,
     date: bool,
+    /// How many `Host` lines.
+    hosts: u8,
 }
 
 impl Present {
@@ -730,6 +739,8 @@ impl Present {
             self.expect = true;
         } else if name == DATE {
             self.date = true;
+        } else if name == http::header::HOST {
+            self.hosts = self.hosts.saturating_add(1);
         }
     }
 }
