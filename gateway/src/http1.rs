@@ -3,7 +3,8 @@
 //! message's framing the same way.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
+use smallvec::SmallVec;
 
 /// The most headers a head (or a trailer section) may carry.
 pub const MAX_HEADERS: usize = 100;
@@ -11,6 +12,61 @@ pub const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// The most the trailer section after the last chunk may take.
 const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Where each header's name and value sit in a parsed head: offsets from the head's start, so
+/// the head can be frozen and its values sliced out of it rather than copied.
+pub struct HeaderSpans(SmallVec<[(u32, u32, u32, u32); 24]>);
+
+impl HeaderSpans {
+    /// The spans of `headers`, parsed by httparse out of `buf`, whose head is at most 4 GiB.
+    pub fn new(buf: &[u8], headers: &[httparse::Header<'_>]) -> Self {
+        let start = buf.as_ptr() as usize;
+        let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
+        Self(
+            headers
+                .iter()
+                .map(|h| {
+                    let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+                    (
+                        name,
+                        name + h.name.len() as u32,
+                        value,
+                        value + h.value.len() as u32,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Appends the headers to `map`, their values slices of `head` (the frozen head the spans
+    /// were taken from); `note` sees each name.
+    pub fn fill(
+        &self,
+        head: &Bytes,
+        map: &mut HeaderMap,
+        mut note: impl FnMut(&HeaderName),
+    ) -> Result<(), &'static str> {
+        map.reserve(self.0.len());
+        for &(n0, n1, v0, v1) in &self.0 {
+            let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
+                .map_err(|_| "a header name is not valid")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
+                .map_err(|_| "a header value is not valid")?;
+            note(&name);
+            map.append(name, value);
+        }
+        Ok(())
+    }
+}
+
+/// The version httparse read: `1` is HTTP/1.1, `0` HTTP/1.0.
+pub fn version(minor: Option<u8>) -> Version {
+    if minor == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    }
+}
 
 /// Where a chunked body's decoding stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

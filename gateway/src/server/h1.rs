@@ -56,7 +56,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use crate::error::GatewayError;
-use crate::http1::{Chunked, Decoded, MAX_HEADERS, decode_chunked, push_decimal, push_hex};
+use crate::http1::{
+    self, Chunked, Decoded, HeaderSpans, MAX_HEADERS, decode_chunked, push_decimal, push_hex,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -588,29 +590,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| Refused::Malformed("the request method is not valid"))?;
-    let version = if parsed.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let start = buf.as_ptr() as usize;
+    let version = http1::version(parsed.version);
     let target = parsed.path.unwrap_or_default();
-    let target = (target.as_ptr() as usize - start, target.len());
-    let spans: smallvec::SmallVec<[(u32, u32, u32, u32); 24]> = parsed
-        .headers
-        .iter()
-        .map(|header| {
-            let name = header.name.as_ptr() as usize - start;
-            let value = header.value.as_ptr() as usize - start;
-            // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
-            (
-                name as u32,
-                (name + header.name.len()) as u32,
-                value as u32,
-                (value + header.value.len()) as u32,
-            )
-        })
-        .collect();
+    let target = (target.as_ptr() as usize - buf.as_ptr() as usize, target.len());
+    // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
+    let spans = HeaderSpans::new(buf, parsed.headers);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| Refused::Malformed("the request target is not valid"))?;
@@ -618,19 +602,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    let map = request.headers_mut();
-    map.reserve(spans.len());
     // Which of the headers that shape the exchange are there at all: most requests carry none,
     // and then none is looked up below.
     let mut present = Present::default();
-    for &(n0, n1, v0, v1) in &spans {
-        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
-            .map_err(|_| Refused::Malformed("a header name is not valid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
-            .map_err(|_| Refused::Malformed("a header value is not valid"))?;
-        present.note(&name);
-        map.append(name, value);
-    }
+    spans
+        .fill(&head, request.headers_mut(), |name| present.note(name))
+        .map_err(Refused::Malformed)?;
     // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request; which authority a request with
     // two means is a guess another hop could make differently.
     if version == Version::HTTP_11 && present.hosts != 1 {

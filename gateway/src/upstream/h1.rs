@@ -34,14 +34,15 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
 use super::UpstreamBody;
-use crate::http1::{Chunked, Decoded, MAX_HEADERS, decode_chunked, push_decimal, push_hex};
+use crate::http1::{
+    self, Chunked, Decoded, HeaderSpans, MAX_HEADERS, decode_chunked, push_decimal, push_hex,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -423,29 +424,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
         httparse::Status::Partial => return Ok(None),
     };
     let code = parsed.code.unwrap_or_default();
-    let version = if parsed.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    // Where each name and value sit in the buffer, so the head can be frozen and sliced.
-    let start = buf.as_ptr() as usize;
-    let count = parsed.headers.len();
-    let spans: SmallVec<[(u32, u32, u32, u32); 24]> = parsed
-        .headers
-        .iter()
-        .map(|header| {
-            let name = header.name.as_ptr() as usize - start;
-            let value = header.value.as_ptr() as usize - start;
-            // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
-            (
-                name as u32,
-                (name + header.name.len()) as u32,
-                value as u32,
-                (value + header.value.len()) as u32,
-            )
-        })
-        .collect();
+    let version = http1::version(parsed.version);
+    // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
+    let spans = HeaderSpans::new(buf, parsed.headers);
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("the status code is not valid"))?;
     // A reason phrase of the backend's own goes to the client as it came, as hyper passes it on.
     let reason = parsed
@@ -459,15 +440,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
     if let Some(reason) = reason {
         response.extensions_mut().insert(reason);
     }
-    let map = response.headers_mut();
-    map.reserve(count);
-    for &(n0, n1, v0, v1) in &spans {
-        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
-            .map_err(|_| Error::Invalid("a header name is not valid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
-            .map_err(|_| Error::Invalid("a header value is not valid"))?;
-        map.append(name, value);
-    }
+    spans
+        .fill(&head, response.headers_mut(), |_| {})
+        .map_err(Error::Invalid)?;
     Ok(Some(response))
 }
 
