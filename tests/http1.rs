@@ -690,6 +690,7 @@ async fn a_malformed_head_gets_a_json_400_and_the_connection_closes() {
         // HTTP/1.1 needs exactly one Host (RFC 9112 §3.2).
         b"GET /app/hello HTTP/1.1\r\n\r\n",
         b"GET /app/hello HTTP/1.1\r\nHost: gw\r\nHost: other\r\n\r\n",
+        b"GET /app/hello HTTP/1.0\r\nHost: gw\r\nHost: other\r\n\r\n",
     ] {
         let mut wire = Wire::open(gw.addr).await;
         wire.send(head).await;
@@ -992,4 +993,45 @@ async fn an_early_answer_to_a_small_upload_keeps_the_connection() {
     }
     let after = wire.answer().await;
     assert_eq!((after.status, after.text().as_str()), (200, "after"));
+}
+
+/// A client that pipelines requests and then closes its sending side still gets the answers to
+/// the requests queued behind the one being served (they are in the buffer, so the close is not
+/// watched for); the last one, once nothing else is buffered, sees the close and is cancelled,
+/// as with hyper's default (`half_close(false)`) and nginx.
+#[tokio::test]
+async fn pipelined_requests_then_a_half_close() {
+    let (gw, _) = start("").await;
+    let mut wire = Wire::open(gw.addr).await;
+    wire.send(format!(
+        "{}{}",
+        get_request("/app/say/one?delay_ms=300"),
+        get_request("/app/say/two?delay_ms=300"),
+    ))
+    .await;
+    wire.take_writer().shutdown().await.unwrap();
+    let answer = wire.answer().await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "one"));
+    wire.expect_closed().await;
+}
+
+/// Empty lines before a request (here, trickled one at a time after a request with a body) are
+/// skipped: the connection is idle again, and drains at once.
+#[tokio::test]
+async fn empty_lines_between_requests_leave_the_connection_idle() {
+    let (mut gw, _) = start("shutdown_timeout = \"60s\"").await;
+    let mut wire = Wire::open(gw.addr).await;
+    wire.send("POST /app/echo HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nhi")
+        .await;
+    assert_eq!(wire.answer().await.status, 200);
+    for _ in 0..3 {
+        wire.send("\r\n").await;
+    }
+    // Still served after the empty lines.
+    wire.send(get_request("/app/say/again")).await;
+    assert_eq!(wire.answer().await.text(), "again");
+    wire.send("\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.begin_shutdown();
+    wire.expect_closed().await;
 }

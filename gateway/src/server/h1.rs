@@ -379,6 +379,10 @@ where
     })
     .await;
     loop {
+        // A new exchange: nothing of the last one's `100 Continue` may precede this answer,
+        // even a refusal's.
+        shared.answered.store(false, Ordering::Release);
+        shared.continue_sent.store(0, Ordering::Release);
         let Some(read) = conn.read.as_mut() else {
             return Ok(());
         };
@@ -410,8 +414,6 @@ where
             keep_alive,
             takes_trailers,
         };
-        shared.answered.store(false, Ordering::Release);
-        shared.continue_sent.store(0, Ordering::Release);
         let has_body = body.is_some();
         let request_body = match (body, conn.read.take()) {
             (Some(kind), Some(read)) => RequestBody {
@@ -480,8 +482,10 @@ impl Conn {
         if let Poll::Ready(output) = call.poll(cx) {
             return Poll::Ready(Some(output));
         }
+        // Only while nothing is buffered, as hyper did: a client may pipeline its next requests
+        // and then half-close its side, and still wants every answer.
         while let Some(read) = self.read.as_mut()
-            && self.buf.len() < MAX_HEAD
+            && self.buf.is_empty()
         {
             match poll_read(read, cx, &mut self.buf) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
@@ -524,8 +528,15 @@ async fn read_head(
 ) -> io::Result<Option<Result<Head, Refused>>> {
     // Parsing starts over from the top on each read, so it waits until the end of a head is in
     // sight: a head trickled in small pieces is not parsed once per piece.
-    let mut scanned = 0;
+    let mut scanned: usize = 0;
     loop {
+        // Empty lines before a request line are ignored (RFC 9112 §2.2): dropped here, so they
+        // neither count as a request in progress nor make each read re-parse the buffer.
+        let empty = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        if empty > 0 {
+            buf.advance(empty);
+            scanned = scanned.saturating_sub(empty);
+        }
         if scanned == 0 || head_end_after(buf, scanned) {
             match parse_head(buf) {
                 Ok(Some(head)) => return Ok(Some(Ok(head))),
@@ -608,11 +619,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     spans
         .fill(&head, request.headers_mut(), |name| present.note(name))
         .map_err(Refused::Malformed)?;
-    // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request; which authority a request with
-    // two means is a guess another hop could make differently.
-    if version == Version::HTTP_11 && present.hosts != 1 {
+    // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request, never two in any; which authority
+    // a request with two means is a guess another hop could make differently.
+    if present.hosts > 1 || (version == Version::HTTP_11 && present.hosts == 0) {
         return Err(Refused::Malformed(
-            "an HTTP/1.1 request must carry exactly one Host header",
+            "a request must carry one Host header (HTTP/1.1: exactly one)",
         ));
     }
     let headers = request.headers();
