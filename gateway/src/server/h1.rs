@@ -50,6 +50,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -432,7 +433,7 @@ where
         };
         // Pinned where it is made: the request's future is large, and handing it to a helper
         // by value would copy it once more per request.
-        let mut call = pin!(service.call(request.map(|()| super::RequestBody::Http1(request_body))));
+        let mut call = pin!(service.call(request.map(|()| Either::Left(request_body))));
         let Some(Ok(response)) = poll_fn(|cx| conn.poll_unless_client_left(call.as_mut(), cx)).await else {
             tracing::debug!("the client closed its connection before the answer");
             return Ok(());

@@ -12,14 +12,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::{Service, service_fn};
@@ -40,42 +39,9 @@ use head_timer::{HeadTimer, Tracked, Tracker};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A request's body as the listener hands it on: read by our HTTP/1.1 codec, or by hyper's
-/// HTTP/2 one.
-#[derive(Debug)]
-pub enum RequestBody {
-    Http1(h1::RequestBody),
-    Http2(Incoming),
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Http1(body) => body.is_end_stream(),
-            Self::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Http1(body) => body.size_hint(),
-            Self::Http2(body) => body.size_hint(),
-        }
-    }
-}
+/// A request's body as the listener hands it on: `Left`, read by our HTTP/1.1 codec; `Right`, by
+/// hyper's HTTP/2 one.
+pub type RequestBody = Either<h1::RequestBody, Incoming>;
 
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
@@ -244,7 +210,7 @@ where
                 Some(Protocol::H2c) => {
                     let service = Arc::new(service);
                     let service = service_fn(move |request: Request<Incoming>| {
-                        service.call(request.map(RequestBody::Http2))
+                        service.call(request.map(Either::Right))
                     });
                     watcher
                         .watch(http2.serve_connection(TokioIo::new(stream), service))

@@ -23,6 +23,7 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -146,7 +147,7 @@ impl Connector {
                     match conn.send(outgoing, body).await {
                         Ok(response) => {
                             let home = address.idle.clone();
-                            return Ok(response.map(|body| ResponseBody::Http1(Http1Body { body, home })));
+                            return Ok(response.map(|body| Either::Left(Http1Body { body, home })));
                         }
                         Err(Failure::Unsent(_, unsent)) if pooled => body = unsent,
                         Err(Failure::Unsent(e, unsent)) => return Err(SendError::Connect(e.into(), unsent)),
@@ -164,7 +165,7 @@ impl Connector {
                         Err(e) => return Err(SendError::Connect(e.into(), request.into_body())),
                     }
                     let mut failed = match sender.try_send_request(request).await {
-                        Ok(response) => return Ok(response.map(ResponseBody::Http2)),
+                        Ok(response) => return Ok(response.map(Either::Right)),
                         Err(e) => e,
                     };
                     match failed.take_message() {
@@ -261,41 +262,8 @@ impl Address {
     }
 }
 
-/// A response body from either protocol.
-#[derive(Debug)]
-pub enum ResponseBody {
-    Http1(Http1Body),
-    Http2(Incoming),
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ResponseBody::Http1(body) => body.poll_frame(cx),
-            ResponseBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Http1(body) => body.body.is_end_stream(),
-            ResponseBody::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Http1(body) => body.body.size_hint(),
-            ResponseBody::Http2(body) => body.size_hint(),
-        }
-    }
-}
+/// A response body from either protocol: `Left`, HTTP/1.1 through our codec; `Right`, HTTP/2.
+pub type ResponseBody = Either<Http1Body, Incoming>;
 
 /// An HTTP/1.1 response body that gives its connection back to the instance's idle list as soon
 /// as it ends (or, if nobody read it to the end but it had ended, when it is dropped).
@@ -305,15 +273,32 @@ pub struct Http1Body {
     home: Arc<Mutex<Idle>>,
 }
 
-impl Http1Body {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into);
-        if self.body.is_end_stream() {
-            self.release();
+impl Body for Http1Body {
+    type Data = Bytes;
+    type Error = h1::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if this.body.is_end_stream() {
+            this.release();
         }
         polled
     }
 
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Http1Body {
     fn release(&mut self) {
         if let Some(conn) = self.body.into_reusable() {
             lock(&self.home).http1.push((conn, Instant::now()));
