@@ -68,6 +68,38 @@ pub fn version(minor: Option<u8>) -> Version {
     }
 }
 
+/// Whether a header's comma-separated elements (RFC 9110 §5.6.1), over all its lines, include
+/// `token` (case-insensitively): `Connection: close`, `TE: trailers`.
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// A Content-Length value: plain decimal digits, at most 19 of them (so it cannot overflow).
+pub fn decimal(digits: &[u8]) -> Option<u64> {
+    (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
+        .then(|| digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The one length a message's `Content-Length` fields state, over all lines and list elements
+/// (`5, 5` is 5): `Ok(None)` without any; an error when one is not a number or they disagree.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = decimal(part.trim_ascii()).ok_or("Content-Length is not a number")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("Content-Length has differing values");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
 /// Where a chunked body's decoding stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunked {

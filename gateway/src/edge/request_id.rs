@@ -21,7 +21,7 @@ fn is_sane(id: &[u8]) -> bool {
 }
 
 /// A random UUIDv4-formatted id. Ids need to be unique, not unguessable, so a fast PRNG is enough.
-fn generate() -> HeaderValue {
+pub fn generate() -> HeaderValue {
     let bits = fastrand::u128(..);
     // Version 4, variant 10xx, as in RFC 9562.
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);

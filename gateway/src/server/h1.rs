@@ -328,7 +328,7 @@ enum Refused {
 
 impl Refused {
     fn response(&self) -> Response<axum::body::Body> {
-        let request_id = crate::edge::request_id::from_request(&HeaderMap::new());
+        let request_id = crate::edge::request_id::generate();
         let mut response = match self {
             Self::Malformed(why) => GatewayError::BadRequest(why).to_response(&request_id),
             Self::TooLarge => {
@@ -633,17 +633,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     } else {
         (None, true)
     };
-    let says = |token: &str| present.connection && has_token(headers, token);
+    let says = |token: &[u8]| present.connection && http1::has_token(headers, &CONNECTION, token);
     keep_alive &= match version {
-        Version::HTTP_10 => says("keep-alive") && !says("close"),
-        _ => !says("close"),
+        Version::HTTP_10 => says(b"keep-alive") && !says(b"close"),
+        _ => !says(b"close"),
     };
-    let takes_trailers = present.te
-        && headers
-            .get_all(http::header::TE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    let takes_trailers = present.te && http1::has_token(headers, &http::header::TE, b"trailers");
     let expects_continue = version == Version::HTTP_11
         && body.is_some()
         && present.expect
@@ -693,11 +688,8 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<(Option<BodyKind>, b
     if lengths.next().is_some() {
         return Err(Refused::Malformed("the request has more than one Content-Length"));
     }
-    let digits = length.as_bytes();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(Refused::Malformed("the Content-Length is not a number"));
-    }
-    let length = digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    let length =
+        http1::decimal(length.as_bytes()).ok_or(Refused::Malformed("the Content-Length is not a number"))?;
     Ok(((length > 0).then_some(BodyKind::Length(length)), true))
 }
 
@@ -732,14 +724,6 @@ impl Present {
             self.hosts = self.hosts.saturating_add(1);
         }
     }
-}
-
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// How the answer's body is delimited on the wire.
@@ -914,7 +898,7 @@ impl Out {
         let bodiless = no_body || answer.head_only || status == StatusCode::NOT_MODIFIED;
         let declared = present
             .content_length
-            .then(|| declared_length(&parts.headers))
+            .then(|| http1::content_length(&parts.headers).ok().flatten())
             .flatten();
         let length = if no_body || status == StatusCode::NOT_MODIFIED {
             declared.filter(|_| !no_body)
@@ -948,7 +932,7 @@ impl Out {
             head.extend_from_slice(b"\r\n");
         }
         // Whether the connection stays: the request's say, then the service's.
-        let says_close = present.connection && has_token(&parts.headers, "close");
+        let says_close = present.connection && http1::has_token(&parts.headers, &CONNECTION, b"close");
         let keep_alive = answer.keep_alive && !says_close && framing != Framing::Close;
         if !present.connection {
             if !keep_alive {
@@ -1028,25 +1012,6 @@ impl Out {
         }
         Poll::Ready(Ok(()))
     }
-}
-
-/// The one length all of a message's `Content-Length` fields agree on, if they are plain digits.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let digits = part.trim_ascii();
-            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let n = digits.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        }
-    }
-    length
 }
 
 /// The `Date` header's value (RFC 9110 §6.6.1), rendered once a second.

@@ -471,20 +471,7 @@ fn body_kind(head_only: bool, response: &mut Response<()>) -> Result<(Kind, bool
         };
         return Ok((kind, framed));
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let parsed = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or(Error::Invalid("Content-Length is not a number"))?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(Error::Invalid("Content-Length has differing values"));
-            }
-            length = Some(parsed);
-        }
-    }
+    let length = http1::content_length(headers).map_err(Error::Invalid)?;
     Ok(match length {
         Some(0) => (Kind::Done, true),
         Some(len) => (Kind::Length(len), true),
@@ -494,13 +481,7 @@ fn body_kind(head_only: bool, response: &mut Response<()>) -> Result<(Kind, bool
 
 /// Whether the backend keeps the connection open after this response.
 fn keeps_alive(response: &Response<()>) -> bool {
-    let says = |token: &[u8]| {
-        response.headers().get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
+    let says = |token: &[u8]| http1::has_token(response.headers(), &CONNECTION, token);
     !says(b"close") && (response.version() == Version::HTTP_11 || says(b"keep-alive"))
 }
 
