@@ -39,14 +39,16 @@ impl HeaderSpans {
     }
 
     /// Appends the headers to `map`, their values slices of `head` (the frozen head the spans
-    /// were taken from); `note` sees each name.
+    /// were taken from); `note` sees each name. The map gets room for `more` headers besides,
+    /// the ones the gateway will add, so adding them never grows it.
     pub fn fill(
         &self,
         head: &Bytes,
         map: &mut HeaderMap,
+        more: usize,
         mut note: impl FnMut(&HeaderName),
     ) -> Result<(), &'static str> {
-        map.reserve(self.0.len());
+        map.reserve(self.0.len() + more);
         for &(n0, n1, v0, v1) in &self.0 {
             let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
                 .map_err(|_| "a header name is not valid")?;

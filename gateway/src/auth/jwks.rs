@@ -150,6 +150,7 @@ impl Jwks {
             method: Method::GET,
             path: "",
             query: self.config.url.query(),
+            as_given: None,
             headers,
             body: None,
         };

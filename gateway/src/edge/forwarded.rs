@@ -10,6 +10,8 @@ use http::header::{FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Uri;
 use ipnet::IpNet;
 
+use super::headers::shared_value;
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -133,7 +135,7 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
         text[len] = b'0' + octet % 10;
         len += 1;
     }
-    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("unknown"))
+    shared_value(&text[..len]).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

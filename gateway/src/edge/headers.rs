@@ -1,7 +1,37 @@
 //! Header hygiene at the edge: hop-by-hop headers (RFC 9110 §7.6.1) and every header named in
 //! `Connection` are removed in both directions, and the gateway's own headers are set.
 
-use http::header::{self, HeaderMap, HeaderName};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, InvalidHeaderValue};
+
+/// A header value the gateway writes for every request (a request id, a trace parent, a client
+/// address, a number), made in one allocation that its clones share.
+/// `HeaderValue::from_bytes` copies into a vector that its first clone turns into a shared
+/// buffer, a second allocation; the request id and the trace parent are both cloned.
+pub fn shared_value(text: &[u8]) -> Result<HeaderValue, InvalidHeaderValue> {
+    /// Up to 64 bytes kept inline: the longest value written per request is a trace parent (55).
+    struct Inline {
+        text: [u8; 64],
+        len: u8,
+    }
+    impl AsRef<[u8]> for Inline {
+        fn as_ref(&self) -> &[u8] {
+            &self.text[..usize::from(self.len)]
+        }
+    }
+    let Some(len) = u8::try_from(text.len()).ok().filter(|&len| len <= 64) else {
+        return HeaderValue::from_bytes(text);
+    };
+    let mut inline = Inline { text: [0; 64], len };
+    inline.text[..text.len()].copy_from_slice(text);
+    HeaderValue::from_maybe_shared(Bytes::from_owner(inline))
+}
+
+/// A number as a header value (`HeaderValue::from(u64)` takes two allocations).
+pub fn number_value(n: u64) -> HeaderValue {
+    let mut text = itoa::Buffer::new();
+    shared_value(text.format(n).as_bytes()).unwrap_or_else(|_| HeaderValue::from(n))
+}
 
 /// The body length a message declares in `Content-Length`, if it is a number.
 pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -50,6 +80,20 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_values_keep_their_text_and_refuse_what_a_header_cannot_carry() {
+        for text in ["", "a", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] {
+            let value = shared_value(text.as_bytes()).unwrap();
+            assert_eq!(value.clone().as_bytes(), text.as_bytes());
+        }
+        let long = "x".repeat(65);
+        assert_eq!(shared_value(long.as_bytes()).unwrap().as_bytes(), long.as_bytes());
+        assert!(shared_value(b"a\nb").is_err());
+        assert!(shared_value(&[b'\n'; 70]).is_err());
+        assert_eq!(number_value(0).as_bytes(), b"0");
+        assert_eq!(number_value(u64::MAX).as_bytes(), u64::MAX.to_string().as_bytes());
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -3,6 +3,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::headers::shared_value;
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The client's id when it is 1–128 characters of `[A-Za-z0-9._:=+/-]`, else a fresh one.
@@ -34,7 +36,7 @@ pub fn generate() -> HeaderValue {
             *slot = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
         }
     }
-    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("unknown"))
+    shared_value(&id).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

@@ -192,6 +192,7 @@ impl Rendered {
             method,
             path: &path,
             query: query.as_deref(),
+            as_given: None,
             headers,
             body: body.map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync()),
         };

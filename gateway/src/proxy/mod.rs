@@ -46,10 +46,17 @@ pub async fn forward(
         body.map_err(|e| Box::new(ClientBodyError(e)) as Box<dyn std::error::Error + Send + Sync>)
             .boxed_unsync()
     });
+    let forwarded = route.forward_path(path);
     let outgoing = UpstreamRequest {
         method: parts.method,
-        path: route.forward_path(path),
+        path: forwarded,
         query: parts.uri.query(),
+        // Most requests go on with the path they came with (normalized already, not stripped).
+        as_given: parts
+            .uri
+            .path_and_query()
+            .filter(|given| given.path() == forwarded && forwarded.starts_with('/'))
+            .cloned(),
         headers: parts.headers,
         body,
     };

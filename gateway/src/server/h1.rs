@@ -67,8 +67,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// buffer's), so tokens and cookies that passed before still pass; Envoy's is 60 KiB, nginx's
 /// 32 KiB.
 const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// Headers the gateway may add to a request (X-Forwarded-*, x-request-id, traceparent,
+/// x-request-timeout-ms, identity headers): room is made for them when its map is built.
+const ADDED_HEADERS: usize = 8;
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 8 * 1024;
+/// The least room a read made while a request is served (watching for the client leaving) needs.
+const WATCH_ROOM: usize = 1024;
 /// Response bytes queued before the body is polled for more.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Buffers handed to one vectored write.
@@ -488,7 +493,12 @@ impl Conn {
         while let Some(read) = self.read.as_mut()
             && self.buf.is_empty()
         {
-            match poll_read(read, cx, &mut self.buf) {
+            // Into the room the buffer has: the request's head still holds the buffer's front,
+            // and making the usual room would copy the buffer into a new one for every request.
+            if self.buf.capacity() < WATCH_ROOM {
+                self.buf.reserve(READ_SIZE);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *read), cx, &mut self.buf) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => break,
@@ -618,7 +628,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     // and then none is looked up below.
     let mut present = Present::default();
     spans
-        .fill(&head, request.headers_mut(), |name| present.note(name))
+        .fill(&head, request.headers_mut(), ADDED_HEADERS, |name| present.note(name))
         .map_err(Refused::Malformed)?;
     // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request, never two in any; which authority
     // a request with two means is a guess another hop could make differently.

@@ -28,6 +28,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::TelemetryConfig;
+use crate::edge::headers::shared_value;
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -219,7 +220,7 @@ fn traceparent(trace_id: [u8; 16], parent_id: [u8; 8], flags: u8) -> HeaderValue
     let _ = hex::encode_to_slice(trace_id, &mut text[3..35]);
     let _ = hex::encode_to_slice(parent_id, &mut text[36..52]);
     let _ = hex::encode_to_slice([flags], &mut text[53..]);
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| {
+    shared_value(&text).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     })
 }

@@ -50,6 +50,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const MAX_HEAD: usize = 64 * 1024;
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
+/// Headers the gateway may add to a response (x-request-id, the RateLimit trio): room is made
+/// for them when its map is built.
+const ADDED_HEADERS: usize = 4;
 /// Buffers handed to one vectored write.
 const MAX_SLICES: usize = 16;
 
@@ -441,7 +444,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
         response.extensions_mut().insert(reason);
     }
     spans
-        .fill(&head, response.headers_mut(), |_| {})
+        .fill(&head, response.headers_mut(), ADDED_HEADERS, |_| {})
         .map_err(Error::Invalid)?;
     Ok(Some(response))
 }

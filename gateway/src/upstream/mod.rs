@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
+use http::{HeaderMap, HeaderName, Method, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -35,7 +35,7 @@ mod window;
 
 use crate::body::Holding;
 use crate::config::{HealthCheckConfig, ServiceConfig};
-use crate::edge::headers::declared_length;
+use crate::edge::headers::{declared_length, number_value};
 use crate::error::GatewayError;
 use crate::snapshot::{StartOnce, spawn_background};
 use crate::telemetry::metrics;
@@ -90,6 +90,9 @@ pub struct UpstreamRequest<'a> {
     /// The path under the instance's base path ("" for the base path itself).
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// `path` and `query` as the client's request target already spells them, when it does:
+    /// forwarded as they are to an instance without a base path, without building a copy.
+    pub as_given: Option<PathAndQuery>,
     pub headers: HeaderMap,
     pub body: Option<UpstreamBody>,
 }
@@ -242,6 +245,7 @@ impl Upstream {
             method,
             path,
             query,
+            as_given,
             mut headers,
             body,
         } = request;
@@ -298,7 +302,7 @@ impl Upstream {
             // The header map is lent to each attempt, never copied: what differs per attempt
             // (the time left, the trace parent) is set on it in place.
             let left = attempt_deadline.saturating_duration_since(started).as_millis() as u64;
-            headers.insert(&X_REQUEST_TIMEOUT_MS, HeaderValue::from(left));
+            headers.insert(&X_REQUEST_TIMEOUT_MS, number_value(left));
             // The attempt's span (a no-op unless traces are exported) is the backend's parent.
             let address = &in_flight.instance().address;
             let instance = &address.authority;
@@ -317,7 +321,11 @@ impl Upstream {
                 "error.type" = tracing::field::Empty,
             );
             trace::inject(&attempt_span, &mut headers);
-            let target = origin_form(&in_flight.instance().base_path, path, query)?;
+            let base_path = &in_flight.instance().base_path;
+            let target = match &as_given {
+                Some(target) if base_path.is_empty() => target.clone(),
+                _ => origin_form(base_path, path, query)?,
+            };
             let head = pool::Head {
                 method: &method,
                 target: &target,
@@ -442,9 +450,12 @@ impl Upstream {
 /// The request target as HTTP/1.1 sends it: the instance's base path, the path, the query.
 fn origin_form(base_path: &str, path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {
     let query_len = query.map_or(0, |q| q.len() + 1);
-    let mut pq = String::with_capacity(base_path.len() + path.len() + query_len + 1);
+    // Exactly the length written: a vector with room to spare would cost `Bytes` a second
+    // allocation.
+    let slash = !path.starts_with('/') && base_path.is_empty();
+    let mut pq = String::with_capacity(base_path.len() + usize::from(slash) + path.len() + query_len);
     pq.push_str(base_path);
-    if !path.starts_with('/') && pq.is_empty() {
+    if slash {
         // A stripped route with nothing left, on an instance without a base path.
         pq.push('/');
     }
