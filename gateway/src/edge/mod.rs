@@ -7,7 +7,10 @@ pub mod headers;
 pub mod path;
 pub mod request_id;
 
+use std::convert::Infallible;
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -18,6 +21,7 @@ use http_body_util::Limited;
 use tokio::time::Instant;
 
 use crate::auth::Identity;
+use crate::body::Holding;
 use crate::error::GatewayError;
 use crate::proxy;
 use crate::ratelimit::RateLimitHeaders;
@@ -81,18 +85,33 @@ impl Gateway {
     }
 
     /// Serves one request: the pipeline's answer, or its error in the SPEC.md format, always
-    /// carrying the request id.
-    pub async fn handle(&self, peer: SocketAddr, request: Request<RequestBody>) -> Response<Body> {
+    /// carrying the request id. `guard` lives as long as the answer's body (the listener counts
+    /// the requests it serves with it).
+    ///
+    /// This is the listener's service future itself, and it pins the pipeline where it is made:
+    /// the request's future is kilobytes, and every future wrapped around it, or moved into an
+    /// `.await`, would be copied once more per request.
+    pub async fn handle<G>(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        request: Request<RequestBody>,
+        guard: G,
+    ) -> Result<Response<Holding<Body, G>>, Infallible> {
         let started = Instant::now();
         metrics::active_requests(1.0);
         let request_id = request_id::from_request(request.headers());
         let method = request.method().clone();
         let trace = RequestTrace::start(&method, request.uri().path(), request.headers());
         let mut seen = Seen::default();
-        let answer = self
-            .pipeline(peer, started, &request_id, &trace, request, &mut seen)
-            .instrument(trace.span.clone())
-            .await;
+        let answer = {
+            let mut pipeline = pin!(self.pipeline(peer, started, &request_id, &trace, request, &mut seen));
+            // What `Instrument` does, without moving the pipeline into a wrapper.
+            poll_fn(|cx| {
+                let _entered = trace.span.enter();
+                pipeline.as_mut().poll(cx)
+            })
+            .await
+        };
         let mut error_code = None;
         let mut response = match answer {
             Ok(response) => response,
@@ -131,7 +150,7 @@ impl Gateway {
             client: seen.identity.as_ref().map(|i| i.subject.as_str()),
         });
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
-        response
+        Ok(response.map(|body| Holding::new(body, guard)))
     }
 
     async fn pipeline(
@@ -230,7 +249,7 @@ impl Gateway {
         };
         match (&route.handler, &snapshot.graphql) {
             (Handler::Proxy(upstream), _) => {
-                proxy::forward(route, upstream, &path, request, &ctx, deadline).await
+                pin!(proxy::forward(route, upstream, &path, request, &ctx, deadline)).await
             }
             // Boxed: an operation's future is large, and the plain proxy route's request future
             // (moved a few times per request) would otherwise be as large.

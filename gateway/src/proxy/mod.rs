@@ -3,6 +3,8 @@
 //! by `max_body_size`) and the upstream's body streams into the response, so SSE and chunked
 //! responses flow as they arrive.
 
+use std::pin::pin;
+
 use axum::body::Body;
 use http::{Request, Response};
 use http_body::Body as _;
@@ -60,7 +62,8 @@ pub async fn forward(
         headers: parts.headers,
         body,
     };
-    let response = upstream.send(outgoing, deadline).await.map_err(|e| match e {
+    // Pinned where it is made: see `Gateway::handle`.
+    let response = pin!(upstream.send(outgoing, deadline)).await.map_err(|e| match e {
         GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge {
             limit: ctx.max_body_size,
         },

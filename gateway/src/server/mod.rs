@@ -35,7 +35,7 @@ use crate::edge::Gateway;
 pub mod h1;
 mod head_timer;
 use h1::Drain;
-use head_timer::{HeadTimer, Tracked, Tracker};
+use head_timer::{HeadTimer, Tracker};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -65,14 +65,7 @@ pub async fn serve(
         shutdown,
         move |peer, requests: Tracker| {
             let gateway = handler.clone();
-            service_fn(move |request| {
-                let gateway = gateway.clone();
-                let served = requests.begin();
-                async move {
-                    let response = gateway.handle(peer, request).await;
-                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, served)))
-                }
-            })
+            service_fn(move |request| gateway.clone().handle(peer, request, requests.begin()))
         },
     )
     .await?;

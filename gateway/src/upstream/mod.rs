@@ -14,6 +14,7 @@
 //! to reach; all of them cost measured throughput (see bench/README.md).
 
 use std::error::Error as StdError;
+use std::pin::pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -332,9 +333,10 @@ impl Upstream {
                 headers: &headers,
             };
 
+            // Pinned where it is made, not moved into the wrappers: see `Gateway::handle`.
             let (outcome, result) = match tokio::time::timeout_at(
                 attempt_deadline,
-                self.connector.send(address, head, payload.next(), started),
+                pin!(self.connector.send(address, head, payload.next(), started)),
             )
             .instrument(attempt_span.clone())
             .await
