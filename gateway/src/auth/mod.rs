@@ -26,6 +26,7 @@ use tokio::time::Instant;
 pub use identity::{CredentialKind, Identity};
 
 use crate::config::{AuthConfig, AuthMode, RouteConfig};
+use crate::edge::headers::remove_present;
 use crate::error::{AuthFailure, GatewayError};
 use jwt::JwtVerifier;
 
@@ -36,8 +37,10 @@ pub struct Authenticator {
     /// API key identities by the SHA-256 of the key.
     api_keys: HashMap<[u8; 32], Arc<Identity>>,
     api_key_header: HeaderName,
-    forward_authorization: bool,
     forward: Vec<(HeaderName, String)>,
+    /// What no client may send on to a backend: the identity headers (only the gateway sets
+    /// them), the API key header, and `Authorization` when `forward_authorization = false`.
+    strip: Vec<HeaderName>,
 }
 
 impl Authenticator {
@@ -50,8 +53,14 @@ impl Authenticator {
                 .map(|k| (k.sha256, Arc::new(Identity::api_key(&k.id, &k.scopes))))
                 .collect(),
             api_key_header: config.api_key_header.clone(),
-            forward_authorization: config.forward_authorization,
             forward: config.forward.clone(),
+            strip: config
+                .forward
+                .iter()
+                .map(|(name, _)| name.clone())
+                .chain([config.api_key_header.clone()])
+                .chain((!config.forward_authorization).then_some(AUTHORIZATION))
+                .collect(),
         })
     }
 
@@ -124,11 +133,10 @@ impl Authenticator {
     /// and its API key go, the verified identity's headers are set, and `Authorization` stays
     /// unless `forward_authorization = false`.
     pub fn prepare_upstream(&self, headers: &mut HeaderMap, identity: Option<&Identity>) {
-        headers.remove(&self.api_key_header);
-        if !self.forward_authorization {
-            headers.remove(AUTHORIZATION);
+        remove_present(headers, &self.strip);
+        if let Some(identity) = identity {
+            identity::forward_identity(headers, &self.forward, identity);
         }
-        identity::forward_identity(headers, &self.forward, identity);
     }
 }
 

@@ -10,12 +10,11 @@ use http::header::{FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Uri;
 use ipnet::IpNet;
 
-use super::headers::shared_value;
+use super::headers::{remove_present, shared_value};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The client as the gateway sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,26 +88,36 @@ pub fn set_forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: 
             HeaderValue::from_str(&joined).unwrap_or(peer)
         };
         headers.insert(&X_FORWARDED_FOR, value);
-    } else {
-        headers.insert(&X_FORWARDED_FOR, peer);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(FORWARDED);
-        headers.remove(&X_REAL_IP);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        // HTTP/2 carries the host in :authority, HTTP/1.1 in Host.
-        let host = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| headers.get(HOST).cloned());
-        if let Some(host) = host {
+        // What a trusted proxy said stands; what it left out, the gateway says.
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = host(headers, uri)
+        {
             headers.insert(&X_FORWARDED_HOST, host);
         }
+    } else {
+        // An untrusted peer's claims all go; each insert replaces every value of its name.
+        headers.insert(&X_FORWARDED_FOR, peer);
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        match host(headers, uri) {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        remove_present(headers, &UNTRUSTED_CLAIMS);
     }
+}
+
+/// Forwarding headers that have no place in a request from an untrusted peer, beyond the three
+/// the gateway sets itself.
+static UNTRUSTED_CLAIMS: [HeaderName; 2] = [FORWARDED, HeaderName::from_static("x-real-ip")];
+
+/// The host the client asked for: HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`.
+fn host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    uri.authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| headers.get(HOST).cloned())
 }
 
 /// `ip` as a header value. IPv4 (nearly every peer) is written digit by digit into one buffer;
