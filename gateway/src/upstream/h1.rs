@@ -37,6 +37,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::UpstreamBody;
@@ -77,6 +78,8 @@ pub enum Error {
     Body(#[source] BoxError),
     #[error("the request body is {0} than its Content-Length")]
     BodyLength(&'static str),
+    #[error("the backend did not answer before the attempt's deadline")]
+    TimedOut,
 }
 
 /// A request's head, borrowed: the caller keeps it to send again if the attempt fails.
@@ -114,6 +117,9 @@ pub struct Connection<S> {
     body: Option<BodyWriter>,
     /// A write failed: the request cannot be finished, and the connection is not reused.
     write_failed: bool,
+    /// The attempt's deadline, kept with the connection and moved lazily (see
+    /// [`Connection::poll_past`]): made once, not per request.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 #[derive(Debug)]
@@ -139,6 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             queue: VecDeque::new(),
             body: None,
             write_failed: false,
+            timer: None,
         }
     }
 
@@ -157,10 +164,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// this connection and hands it back with [`ResponseBody::into_reusable`].
     ///
     /// Boxed, as pooled: with TLS state a connection is over a kilobyte, moved at every turn.
+    /// The attempt ends with [`Error::TimedOut`] at `deadline`, if the response head is not in
+    /// by then.
     pub async fn send(
         mut self: Box<Self>,
         request: Outgoing<'_>,
         body: UpstreamBody,
+        deadline: Instant,
     ) -> Result<Response<ResponseBody<S>>, Failure> {
         let framing = self.encode_head(request, &body);
         let head_only = request.method == Method::HEAD;
@@ -172,7 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         // Nothing else goes out until the head has: a failure on the first write leaves the
         // request unsent, and its body is handed back unread.
-        match std::future::poll_fn(|cx| self.poll_write_head(cx)).await {
+        match std::future::poll_fn(|cx| self.poll_until(cx, deadline, Self::poll_write_head)).await {
             Ok(()) => {}
             Err(e) if self.head_written == 0 => {
                 let body = self
@@ -186,12 +196,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Err(e) => return Err(Failure::Sent(e)),
         }
         let head = std::future::poll_fn(|cx| {
-            // The body streams while the answer is awaited: a backend may answer before it has
-            // read everything. Only the client's own body failing ends the request here.
-            if let Poll::Ready(Err(e @ (Error::Body(_) | Error::BodyLength(_)))) = self.poll_write(cx) {
-                return Poll::Ready(Err(e));
-            }
-            self.poll_read_head(cx, head_only)
+            self.poll_until(cx, deadline, |conn, cx| {
+                // The body streams while the answer is awaited: a backend may answer before it
+                // has read everything. Only the client's own body failing ends the request here.
+                if let Poll::Ready(Err(e @ (Error::Body(_) | Error::BodyLength(_)))) = conn.poll_write(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                conn.poll_read_head(cx, head_only)
+            })
         })
         .await
         .map_err(Failure::Sent)?;
@@ -205,6 +217,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             kind,
             keep_alive,
         }))
+    }
+
+    /// Polls `step`, and while it is pending, the deadline.
+    fn poll_until<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        deadline: Instant,
+        mut step: impl FnMut(&mut Self, &mut Context<'_>) -> Poll<Result<T, Error>>,
+    ) -> Poll<Result<T, Error>> {
+        if let Poll::Ready(done) = step(self, cx) {
+            return Poll::Ready(done);
+        }
+        self.poll_past(cx, deadline).map(|()| Err(Error::TimedOut))
+    }
+
+    /// Ready once `deadline` has passed.
+    ///
+    /// The connection's one timer is moved only when it would fire after `deadline`. Left set
+    /// for an earlier request's deadline (a moment earlier, with the same timeout), it fires
+    /// early, about once per timeout period, and is then moved to this one: so a request costs
+    /// the timer wheel nothing, where a timer of its own is registered and removed every time.
+    fn poll_past(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
+        }
     }
 
     /// Writes the request line and headers into `self.head`, with the framing the body needs.
@@ -658,7 +703,7 @@ mod tests {
                 host: &parts.headers[HOST],
                 headers: &parts.headers,
             };
-            self.send(head, body).await
+            self.send(head, body, Instant::now() + std::time::Duration::from_secs(60)).await
         }
     }
 
@@ -1108,6 +1153,57 @@ mod tests {
         let e = collect(response.body_mut()).await.unwrap_err();
         assert!(matches!(e, Error::Body(_)), "{e}");
         assert!(response.body_mut().into_reusable().is_none());
+    }
+
+    /// The connection's one timer serves each request's own deadline: it is moved earlier for a
+    /// shorter one, and an earlier request's deadline passing ends nothing.
+    #[tokio::test(start_paused = true)]
+    async fn each_request_times_out_at_its_own_deadline() {
+        const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        async fn send(
+            conn: Box<Connection<DuplexStream>>,
+            server: &mut DuplexStream,
+            timeout: Duration,
+            answer_after: Option<Duration>,
+        ) -> (Result<Box<Connection<DuplexStream>>, Error>, Duration) {
+            let started = Instant::now();
+            let headers = HeaderMap::new();
+            let head = Outgoing {
+                method: &Method::GET,
+                target: "/",
+                host: &HeaderValue::from_static("backend"),
+                headers: &headers,
+            };
+            let sent = conn.send(head, super::super::empty(), started + timeout);
+            let answer = async {
+                received(server, "\r\n\r\n").await;
+                if let Some(after) = answer_after {
+                    tokio::time::sleep(after).await;
+                    server.write_all(OK.as_bytes()).await.unwrap();
+                }
+                std::future::pending::<()>().await
+            };
+            let result = tokio::select! {
+                result = sent => result,
+                () = answer => unreachable!(),
+            };
+            let result = match result {
+                Ok(mut response) => Ok(response.body_mut().into_reusable().expect("reusable")),
+                Err(Failure::Sent(e) | Failure::Unsent(e, _)) => Err(e),
+            };
+            (result, started.elapsed())
+        }
+        let (conn, mut server) = pair();
+        // Answered within a 10 s deadline: the timer is left set for it.
+        let (conn, took) = send(conn, &mut server, Duration::from_secs(10), Some(Duration::from_secs(1))).await;
+        assert_eq!(took, Duration::from_secs(1));
+        // A 20 s deadline outlives the first one (9 s from now): that one passing ends nothing.
+        let (conn, took) = send(conn.unwrap(), &mut server, Duration::from_secs(20), Some(Duration::from_secs(15))).await;
+        assert_eq!(took, Duration::from_secs(15));
+        // A 2 s deadline, earlier than the timer's: moved, and it ends the silent attempt.
+        let (result, took) = send(conn.unwrap(), &mut server, Duration::from_secs(2), None).await;
+        assert!(matches!(result, Err(Error::TimedOut)), "{result:?}");
+        assert_eq!(took, Duration::from_secs(2));
     }
 
     #[tokio::test]

@@ -333,32 +333,35 @@ impl Upstream {
                 headers: &headers,
             };
 
-            // Pinned where it is made, not moved into the wrappers: see `Gateway::handle`.
-            let (outcome, result) = match tokio::time::timeout_at(
-                attempt_deadline,
-                pin!(self.connector.send(address, head, payload.next(), started)),
-            )
+            // Pinned where it is made, not moved into the wrapper: see `Gateway::handle`.
+            let (outcome, result) = match pin!(self.connector.send(
+                address,
+                head,
+                payload.next(),
+                started,
+                attempt_deadline
+            ))
             .instrument(attempt_span.clone())
             .await
             {
-                Ok(Ok(response)) => (
+                Ok(response) => (
                     Outcome::Status(response.status()),
                     Attempted::Ok(response, attempt_span.clone()),
                 ),
-                Ok(Err(SendError::Connect(e, unsent))) => {
+                Err(SendError::Connect(e, unsent)) => {
                     // Nothing went out: the body goes to the next attempt, if any.
                     payload.unsent(unsent);
                     tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&*e), "upstream connect failed");
                     (Outcome::Connect, Attempted::Err(Outcome::Connect))
                 }
-                Ok(Err(SendError::Failed(e))) => {
+                Err(SendError::Failed(e)) => {
                     if let Some(client_error) = client_body_error(&*e) {
                         return Err(client_error);
                     }
                     tracing::warn!(service = %self.name, instance = %in_flight.instance().url, error = %ErrorChain(&*e), "upstream attempt failed");
                     (Outcome::Reset, Attempted::Err(Outcome::Reset))
                 }
-                Err(_) => {
+                Err(SendError::TimedOut) => {
                     tracing::warn!(service = %self.name, instance = %in_flight.instance().url, "upstream attempt timed out");
                     (Outcome::Timeout, Attempted::Err(Outcome::Timeout))
                 }
@@ -528,13 +531,11 @@ impl Upstream {
             target: &target,
             headers: &HeaderMap::new(),
         };
+        let now = Instant::now();
         let probe = self
             .connector
-            .send(&instance.address, head, empty(), Instant::now());
-        match tokio::time::timeout(check.timeout, probe).await {
-            Ok(Ok(response)) => response.status().is_success(),
-            _ => false,
-        }
+            .send(&instance.address, head, empty(), now, now + check.timeout);
+        matches!(probe.await, Ok(response) if response.status().is_success())
     }
 }
 

@@ -77,6 +77,8 @@ pub enum SendError {
     Connect(BoxError, UpstreamBody),
     /// The request was (or may have been) sent and then failed.
     Failed(BoxError),
+    /// The deadline passed before the response head was in (or before a connection was made).
+    TimedOut,
 }
 
 /// What a request is sent with, borrowed from the caller.
@@ -114,22 +116,25 @@ impl Connector {
     /// in; the body streams.
     ///
     /// `now` is the caller's reading of the clock, just taken: idle connections older than
-    /// [`IDLE_TIMEOUT`] by then are not used.
+    /// [`IDLE_TIMEOUT`] by then are not used. At `deadline` the attempt ends with
+    /// [`SendError::TimedOut`], whatever it was doing.
     pub async fn send(
         &self,
         address: &Address,
         head: Head<'_>,
         mut body: UpstreamBody,
         now: Instant,
+        deadline: Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
         loop {
             let (conn, pooled) = match address.take_idle(now) {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (TCP, TLS, the HTTP/2 handshake) is a large future, and
                 // every request's future would be as large, moved whole a few times per request.
-                None => match Box::pin(self.connect(address)).await {
-                    Ok(conn) => (conn, false),
-                    Err(e) => return Err(SendError::Connect(e, body)),
+                None => match tokio::time::timeout_at(deadline, Box::pin(self.connect(address))).await {
+                    Ok(Ok(conn)) => (conn, false),
+                    Ok(Err(e)) => return Err(SendError::Connect(e, body)),
+                    Err(_) => return Err(SendError::TimedOut),
                 },
             };
             // A connection that failed before the request was written to it hands the body
@@ -144,10 +149,15 @@ impl Connector {
                         host: &address.host,
                         headers: head.headers,
                     };
-                    match conn.send(outgoing, body).await {
+                    // The connection keeps the deadline's timer (made once, moved lazily), rather
+                    // than a timer registered and removed for every request.
+                    match conn.send(outgoing, body, deadline).await {
                         Ok(response) => {
                             let home = address.idle.clone();
                             return Ok(response.map(|body| Either::Left(Http1Body { body, home })));
+                        }
+                        Err(Failure::Unsent(h1::Error::TimedOut, _) | Failure::Sent(h1::Error::TimedOut)) => {
+                            return Err(SendError::TimedOut);
                         }
                         Err(Failure::Unsent(_, unsent)) if pooled => body = unsent,
                         Err(Failure::Unsent(e, unsent)) => return Err(SendError::Connect(e.into(), unsent)),
@@ -164,9 +174,10 @@ impl Connector {
                         Ok(uri) => *request.uri_mut() = uri,
                         Err(e) => return Err(SendError::Connect(e.into(), request.into_body())),
                     }
-                    let mut failed = match sender.try_send_request(request).await {
-                        Ok(response) => return Ok(response.map(Either::Right)),
-                        Err(e) => e,
+                    let mut failed = match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await {
+                        Ok(Ok(response)) => return Ok(response.map(Either::Right)),
+                        Ok(Err(e)) => e,
+                        Err(_) => return Err(SendError::TimedOut),
                     };
                     match failed.take_message() {
                         Some(unsent) if pooled => body = unsent.into_body(),
