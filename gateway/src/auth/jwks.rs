@@ -151,6 +151,7 @@ impl Jwks {
             path: "",
             query: self.config.url.query(),
             as_given: None,
+            set: &[],
             headers,
             body: None,
         };

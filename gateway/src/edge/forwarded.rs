@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use http::header::{FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Uri;
 use ipnet::IpNet;
+use smallvec::SmallVec;
 
 use super::headers::{remove_present, shared_value};
 
@@ -76,9 +77,15 @@ fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
         .into_iter()
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` on a request about to go upstream.
-pub fn set_forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: &Uri) {
+/// The `X-Forwarded-*` headers a request goes upstream with, in the order they are sent; the
+/// client's own copies are removed from `headers` (the caller sends these instead).
+///
+/// From a trusted proxy, the chain it sent is extended with the peer, and its `-Proto` and
+/// `-Host` stand; from anyone else, the gateway states all three, and `Forwarded` and
+/// `X-Real-IP` go as well.
+pub fn forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: &Uri) -> Forwarded {
     let peer = ip_value(client.peer);
+    let mut set = Forwarded::new();
     if client.peer_trusted {
         let chain: Vec<&str> = forwarded_for(headers).collect();
         let value = if chain.is_empty() {
@@ -87,31 +94,38 @@ pub fn set_forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: 
             let joined = format!("{}, {}", chain.join(", "), client.peer);
             HeaderValue::from_str(&joined).unwrap_or(peer)
         };
-        headers.insert(&X_FORWARDED_FOR, value);
+        set.push((&X_FORWARDED_FOR, value));
         // What a trusted proxy said stands; what it left out, the gateway says.
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = headers.get(&X_FORWARDED_PROTO).cloned();
+        set.push((&X_FORWARDED_PROTO, proto.unwrap_or(HeaderValue::from_static("http"))));
+        if let Some(host) = headers.get(&X_FORWARDED_HOST).cloned().or_else(|| host(headers, uri)) {
+            set.push((&X_FORWARDED_HOST, host));
         }
-        if !headers.contains_key(&X_FORWARDED_HOST)
-            && let Some(host) = host(headers, uri)
-        {
-            headers.insert(&X_FORWARDED_HOST, host);
-        }
+        remove_present(headers, &FORWARDED_FOR_PROTO_HOST[..3]);
     } else {
-        // An untrusted peer's claims all go; each insert replaces every value of its name.
-        headers.insert(&X_FORWARDED_FOR, peer);
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        match host(headers, uri) {
-            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
-            None => headers.remove(&X_FORWARDED_HOST),
-        };
-        remove_present(headers, &UNTRUSTED_CLAIMS);
+        set.push((&X_FORWARDED_FOR, peer));
+        set.push((&X_FORWARDED_PROTO, HeaderValue::from_static("http")));
+        if let Some(host) = host(headers, uri) {
+            set.push((&X_FORWARDED_HOST, host));
+        }
+        // An untrusted peer's claims all go.
+        remove_present(headers, &FORWARDED_FOR_PROTO_HOST);
     }
+    set
 }
 
-/// Forwarding headers that have no place in a request from an untrusted peer, beyond the three
-/// the gateway sets itself.
-static UNTRUSTED_CLAIMS: [HeaderName; 2] = [FORWARDED, HeaderName::from_static("x-real-ip")];
+/// What [`forwarded_headers`] returns: at most three, kept inline.
+pub type Forwarded = SmallVec<[(&'static HeaderName, HeaderValue); 4]>;
+
+/// The forwarding headers a client may send: the three the gateway sets, then the two it
+/// drops from untrusted peers.
+static FORWARDED_FOR_PROTO_HOST: [HeaderName; 5] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+];
 
 /// The host the client asked for: HTTP/2 carries it in `:authority`, HTTP/1.1 in `Host`.
 fn host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
@@ -168,10 +182,9 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("host", "gw"),
         ]);
-        set_forwarded_headers(&mut h, &c, &Uri::from_static("/x"));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "gw");
+        let set = forwarded_headers(&mut h, &c, &Uri::from_static("/x"));
+        assert_eq!(sent(&set), [("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "http"), ("x-forwarded-host", "gw")]);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["host"]);
     }
 
     #[test]
@@ -185,9 +198,21 @@ mod tests {
         // 6.6.6.6 was written by the client itself; 198.51.100.7 is what our proxy saw.
         assert_eq!(c.ip, "198.51.100.7".parse::<IpAddr>().unwrap());
         let mut h = h.clone();
-        set_forwarded_headers(&mut h, &c, &Uri::from_static("/x"));
-        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 198.51.100.7, 10.1.1.1, 10.0.0.2");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        h.insert("x-real-ip", "198.51.100.7".parse().unwrap());
+        let set = forwarded_headers(&mut h, &c, &Uri::from_static("http://gw.example/x"));
+        assert_eq!(
+            sent(&set),
+            [
+                ("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1, 10.0.0.2"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "gw.example"),
+            ]
+        );
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-real-ip"]);
+    }
+
+    fn sent(set: &Forwarded) -> Vec<(&str, &str)> {
+        set.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect()
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl Rendered {
             path: &path,
             query: query.as_deref(),
             as_given: None,
+            set: &[],
             headers,
             body: body.map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync()),
         };

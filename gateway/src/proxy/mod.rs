@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 
 use crate::edge::RequestContext;
-use crate::edge::forwarded::set_forwarded_headers;
-use crate::edge::headers::strip_hop_by_hop;
+use crate::edge::forwarded::forwarded_headers;
+use crate::edge::headers::{remove_present, strip_hop_by_hop};
 use crate::edge::request_id::X_REQUEST_ID;
 use crate::error::GatewayError;
 use crate::routing::Route;
@@ -34,11 +34,14 @@ pub async fn forward(
 
     // Hop-by-hop headers were removed by the edge, before the identity headers were set.
     let headers = &mut parts.headers;
-    // The upstream's own authority goes in Host; the client's is kept in X-Forwarded-Host.
-    set_forwarded_headers(headers, &ctx.client, &parts.uri);
-    headers.remove(http::header::HOST);
-    headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
-    // The backend joins the client's trace, or one of this request's own.
+    // The upstream's own authority goes in Host (the upstream layer writes it); the client's is
+    // kept in X-Forwarded-Host. The gateway's own headers are sent after the client's, not
+    // inserted into their map: a custom name is hashed byte by byte on every insert.
+    let mut set = forwarded_headers(headers, &ctx.client, &parts.uri);
+    remove_present(headers, std::slice::from_ref(&X_REQUEST_ID));
+    set.push((&X_REQUEST_ID, ctx.request_id.clone()));
+    // The backend joins the client's trace, or one of this request's own (an attempt's span
+    // replaces it when traces are exported).
     headers.insert(TRACEPARENT, ctx.traceparent.clone());
 
     // No body at all (most GETs) means no chunked framing upstream either.
@@ -53,6 +56,7 @@ pub async fn forward(
         method: parts.method,
         path: forwarded,
         query: parts.uri.query(),
+        set: &set,
         // Most requests go on with the path they came with (normalized already, not stripped).
         as_given: parts
             .uri

@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
-use super::UpstreamBody;
+use super::{SetHeaders, UpstreamBody, X_REQUEST_TIMEOUT_MS};
 use crate::http1::{
     self, Chunked, Decoded, HeaderSpans, MAX_HEADERS, decode_chunked, push_decimal, push_hex,
 };
@@ -82,6 +82,13 @@ pub enum Error {
     TimedOut,
 }
 
+fn push_header(head: &mut Vec<u8>, name: &str, value: &HeaderValue) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value.as_bytes());
+    head.extend_from_slice(b"\r\n");
+}
+
 /// A request's head, borrowed: the caller keeps it to send again if the attempt fails.
 #[derive(Debug, Clone, Copy)]
 pub struct Outgoing<'a> {
@@ -91,6 +98,10 @@ pub struct Outgoing<'a> {
     /// Sent as `Host`, first; a `Host` among `headers` is not sent.
     pub host: &'a HeaderValue,
     pub headers: &'a HeaderMap,
+    /// Sent after `headers`.
+    pub set: SetHeaders<'a>,
+    /// Sent as `x-request-timeout-ms`; one among `headers` is then not sent.
+    pub timeout_ms: Option<u64>,
 }
 
 /// Why [`Connection::send`] got no response.
@@ -271,14 +282,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(request.host.as_bytes());
         head.extend_from_slice(b"\r\n");
+        let timeout_ms = X_REQUEST_TIMEOUT_MS.as_str();
         for (name, value) in request.headers {
             // The framing is this hop's: what the body needs is written below.
             if name == HOST || name == TRANSFER_ENCODING || (framing.is_some() && name == CONTENT_LENGTH) {
                 continue;
             }
-            head.extend_from_slice(name.as_str().as_bytes());
+            let name = name.as_str();
+            if request.timeout_ms.is_some() && name.len() == timeout_ms.len() && name == timeout_ms {
+                continue;
+            }
+            push_header(head, name, value);
+        }
+        for (name, value) in request.set {
+            push_header(head, name.as_str(), value);
+        }
+        if let Some(ms) = request.timeout_ms {
+            head.extend_from_slice(timeout_ms.as_bytes());
             head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
+            push_decimal(head, ms);
             head.extend_from_slice(b"\r\n");
         }
         match framing {
@@ -702,6 +724,8 @@ mod tests {
                 target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
                 host: &parts.headers[HOST],
                 headers: &parts.headers,
+                set: &[],
+                timeout_ms: None,
             };
             self.send(head, body, Instant::now() + std::time::Duration::from_secs(60)).await
         }
@@ -775,6 +799,40 @@ mod tests {
         let body = collect(response.body_mut()).await;
         let (got, _server) = backend.await.unwrap();
         (got, response, body)
+    }
+
+    #[test]
+    fn the_gateways_headers_follow_the_clients_and_its_timeout_replaces_theirs() {
+        let (mut conn, _server) = pair();
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        headers.insert("x-request-timeout-ms", HeaderValue::from_static("999999"));
+        let set = [(&crate::edge::request_id::X_REQUEST_ID, HeaderValue::from_static("id-1"))];
+        let request = Outgoing {
+            method: &Method::GET,
+            target: "/a",
+            host: &HeaderValue::from_static("backend"),
+            headers: &headers,
+            set: &set,
+            timeout_ms: Some(1500),
+        };
+        assert_eq!(conn.encode_head(request, &super::super::empty()), None);
+        assert_eq!(
+            String::from_utf8_lossy(&conn.head),
+            "GET /a HTTP/1.1\r\nhost: backend\r\naccept: */*\r\nx-request-id: id-1\r\n\
+             x-request-timeout-ms: 1500\r\n\r\n"
+        );
+        // Without a timeout of the gateway's, the map's is sent as it is.
+        let request = Outgoing {
+            set: &[],
+            timeout_ms: None,
+            ..request
+        };
+        conn.encode_head(request, &super::super::empty());
+        assert_eq!(
+            String::from_utf8_lossy(&conn.head),
+            "GET /a HTTP/1.1\r\nhost: backend\r\naccept: */*\r\nx-request-timeout-ms: 999999\r\n\r\n"
+        );
     }
 
     #[tokio::test]
@@ -1173,6 +1231,8 @@ mod tests {
                 target: "/",
                 host: &HeaderValue::from_static("backend"),
                 headers: &headers,
+                set: &[],
+                timeout_ms: None,
             };
             let sent = conn.send(head, super::super::empty(), started + timeout);
             let answer = async {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, Method, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,7 +36,7 @@ mod window;
 
 use crate::body::Holding;
 use crate::config::{HealthCheckConfig, ServiceConfig};
-use crate::edge::headers::{declared_length, number_value};
+use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
 use crate::snapshot::{StartOnce, spawn_background};
 use crate::telemetry::metrics;
@@ -91,12 +91,19 @@ pub struct UpstreamRequest<'a> {
     /// The path under the instance's base path ("" for the base path itself).
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// Headers the gateway sets, sent after `headers` (which must not carry these names).
+    pub set: SetHeaders<'a>,
     /// `path` and `query` as the client's request target already spells them, when it does:
     /// forwarded as they are to an instance without a base path, without building a copy.
     pub as_given: Option<PathAndQuery>,
     pub headers: HeaderMap,
     pub body: Option<UpstreamBody>,
 }
+
+/// Headers the gateway sets on a request (X-Forwarded-*, x-request-id), sent after the request's
+/// own map rather than inserted into it: an insert hashes a custom name byte by byte, and most
+/// requests carry none of these names (their senders remove any that are there).
+pub type SetHeaders<'a> = &'a [(&'static HeaderName, HeaderValue)];
 
 /// Why an upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +253,7 @@ impl Upstream {
             method,
             path,
             query,
+            set,
             as_given,
             mut headers,
             body,
@@ -300,10 +308,9 @@ impl Upstream {
             // The retry is under way: the failed attempt's answer is no longer needed.
             drop(previous.take());
             let may_repeat = attempt < attempts && idempotent && payload.replayable();
-            // The header map is lent to each attempt, never copied: what differs per attempt
-            // (the time left, the trace parent) is set on it in place.
+            // The header map is lent to each attempt, never copied: the trace parent is set on
+            // it in place, and the time left is written after it.
             let left = attempt_deadline.saturating_duration_since(started).as_millis() as u64;
-            headers.insert(&X_REQUEST_TIMEOUT_MS, number_value(left));
             // The attempt's span (a no-op unless traces are exported) is the backend's parent.
             let address = &in_flight.instance().address;
             let instance = &address.authority;
@@ -331,6 +338,8 @@ impl Upstream {
                 method: &method,
                 target: &target,
                 headers: &headers,
+                set,
+                timeout_ms: Some(left),
             };
 
             // Pinned where it is made, not moved into the wrapper: see `Gateway::handle`.
@@ -530,6 +539,8 @@ impl Upstream {
             method: &Method::GET,
             target: &target,
             headers: &HeaderMap::new(),
+            set: &[],
+            timeout_ms: None,
         };
         let now = Instant::now();
         let probe = self

@@ -33,7 +33,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::UpstreamBody;
+use super::{SetHeaders, UpstreamBody, X_REQUEST_TIMEOUT_MS};
+use crate::edge::headers::number_value;
 use super::h1::{self, Failure};
 
 /// How long an idle connection is kept before it is closed.
@@ -89,6 +90,10 @@ pub struct Head<'a> {
     pub target: &'a PathAndQuery,
     /// The request's headers; `Host` is the instance's whatever they say.
     pub headers: &'a HeaderMap,
+    /// Sent after `headers`.
+    pub set: SetHeaders<'a>,
+    /// Sent as `x-request-timeout-ms`, replacing any in `headers`.
+    pub timeout_ms: Option<u64>,
 }
 
 enum Conn {
@@ -148,6 +153,8 @@ impl Connector {
                         target: head.target.as_str(),
                         host: &address.host,
                         headers: head.headers,
+                        set: head.set,
+                        timeout_ms: head.timeout_ms,
                     };
                     // The connection keeps the deadline's timer (made once, moved lazily), rather
                     // than a timer registered and removed for every request.
@@ -167,9 +174,16 @@ impl Connector {
                 Conn::Http2(mut sender) => {
                     let mut request = Request::new(body);
                     *request.method_mut() = head.method.clone();
-                    *request.headers_mut() = head.headers.clone();
+                    let headers = request.headers_mut();
+                    *headers = head.headers.clone();
+                    for (name, value) in head.set {
+                        headers.insert(*name, value.clone());
+                    }
+                    if let Some(ms) = head.timeout_ms {
+                        headers.insert(&X_REQUEST_TIMEOUT_MS, number_value(ms));
+                    }
                     // HTTP/2 names the target in :scheme and :authority, never in Host.
-                    request.headers_mut().remove(HOST);
+                    headers.remove(HOST);
                     match address.absolute(head.target) {
                         Ok(uri) => *request.uri_mut() = uri,
                         Err(e) => return Err(SendError::Connect(e.into(), request.into_body())),
