@@ -73,11 +73,16 @@ pub fn version(minor: Option<u8>) -> Version {
 /// Whether a header's comma-separated elements (RFC 9110 §5.6.1), over all its lines, include
 /// `token` (case-insensitively): `Connection: close`, `TE: trailers`.
 pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().any(|value| {
+        let value = value.as_bytes();
+        // Most values are one token (`keep-alive`, `close`): compared whole, without a split.
+        if !value.contains(&b',') {
+            return value.trim_ascii().eq_ignore_ascii_case(token);
+        }
+        value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
 }
 
 /// A Content-Length value: plain decimal digits, at most 19 of them (so it cannot overflow).
@@ -260,5 +265,18 @@ mod tests {
         assert!(chunk_size(b"5\r;x\r").is_err());
         assert!(chunk_size(b"5\r\r").is_err());
         assert!(chunk_size(b"5 \t;a=\"b\"").is_ok());
+    }
+
+    #[test]
+    fn tokens_are_found_in_any_line_and_list_element() {
+        let connection = http::header::CONNECTION;
+        let mut h = HeaderMap::new();
+        assert!(!has_token(&h, &connection, b"close"));
+        h.append(&connection, HeaderValue::from_static(" Keep-Alive "));
+        assert!(has_token(&h, &connection, b"keep-alive"));
+        assert!(!has_token(&h, &connection, b"close"));
+        h.append(&connection, HeaderValue::from_static("x-a, CLOSE ,x-b"));
+        assert!(has_token(&h, &connection, b"close"));
+        assert!(!has_token(&h, &connection, b"clos"));
     }
 }

@@ -27,14 +27,12 @@ pub fn generate() -> HeaderValue {
     let bits = fastrand::u128(..);
     // Version 4, variant 10xx, as in RFC 9562.
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0; 32];
+    // The buffer is exactly twice the bytes' length, so encoding cannot fail.
+    let _ = hex::encode_to_slice(bits.to_be_bytes(), &mut hex);
     let mut id = [b'-'; 36];
-    let mut nibble = 32;
-    for (i, slot) in id.iter_mut().enumerate() {
-        if !matches!(i, 8 | 13 | 18 | 23) {
-            nibble -= 1;
-            *slot = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
-        }
+    for (from, to) in [(0..8, 0), (8..12, 9), (12..16, 14), (16..20, 19), (20..32, 24)] {
+        id[to..to + from.len()].copy_from_slice(&hex[from]);
     }
     shared_value(&id).unwrap_or(HeaderValue::from_static("unknown"))
 }
@@ -55,5 +53,21 @@ mod tests {
         h.insert(&X_REQUEST_ID, HeaderValue::from_str(&"a".repeat(129)).unwrap());
         assert_ne!(from_request(&h).len(), 129);
         assert_ne!(from_request(&HeaderMap::new()), from_request(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn generated_ids_are_uuid_v4_text() {
+        for _ in 0..100 {
+            let id = generate();
+            let id = id.as_bytes();
+            for (i, &b) in id.iter().enumerate() {
+                match i {
+                    8 | 13 | 18 | 23 => assert_eq!(b, b'-'),
+                    14 => assert_eq!(b, b'4'),
+                    19 => assert!(b"89ab".contains(&b)),
+                    _ => assert!(b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                }
+            }
+        }
     }
 }
