@@ -123,9 +123,11 @@ impl Balancer {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn available(&self, i: usize, now_ms: u64) -> bool {
+    /// Whether instance `i` may take a request; `now_ms` is asked only about an ejected one.
+    fn available(&self, i: usize, now_ms: impl Fn() -> u64) -> bool {
         let instance = &self.instances[i];
-        instance.healthy.load(Ordering::Relaxed) && instance.ejected_until.load(Ordering::Relaxed) <= now_ms
+        let ejected_until = instance.ejected_until.load(Ordering::Relaxed);
+        instance.healthy.load(Ordering::Relaxed) && (ejected_until == 0 || ejected_until <= now_ms())
     }
 
     /// The instance for the next attempt, avoiding `avoid` (the one that just failed) when any
@@ -135,7 +137,9 @@ impl Balancer {
         if n == 0 {
             return None;
         }
-        let now = self.now_ms();
+        // The clock is read only when an instance is ejected, once.
+        let now = std::cell::OnceCell::new();
+        let now = || *now.get_or_init(|| self.now_ms());
         // The first available instance from `start` on, other than `avoid`.
         let probe = |start: usize| {
             (0..n)
@@ -203,7 +207,7 @@ impl Balancer {
         }
         // Out for any reason (ejected, or failing its health check): the cap is on what is left.
         let out = (0..self.instances.len())
-            .filter(|&i| !self.available(i, now))
+            .filter(|&i| !self.available(i, || now))
             .count();
         if out + 1 > self.instances.len() / 2 {
             return;
@@ -247,7 +251,7 @@ impl Balancer {
             .enumerate()
             .map(|(i, instance)| InstanceStatus {
                 url: instance.url.clone(),
-                available: self.available(i, now),
+                available: self.available(i, || now),
                 health_check_ok: instance.healthy.load(Ordering::Relaxed),
                 ejected: instance.ejected_until.load(Ordering::Relaxed) > now,
                 in_flight: instance.in_flight.load(Ordering::Relaxed),

@@ -66,7 +66,7 @@ pub struct Address {
 
 #[derive(Debug, Default)]
 struct Idle {
-    /// Oldest first; a request takes the last one.
+    /// Most recently released last; a request takes the last one.
     http1: Vec<(Http1, Instant)>,
     http2: Option<http2::SendRequest<UpstreamBody>>,
 }
@@ -161,7 +161,13 @@ impl Connector {
                     match conn.send(outgoing, body, deadline).await {
                         Ok(response) => {
                             let home = address.idle.clone();
-                            return Ok(response.map(|body| Either::Left(Http1Body { body, home })));
+                            return Ok(response.map(|body| {
+                                Either::Left(Http1Body {
+                                    body,
+                                    home,
+                                    used: now,
+                                })
+                            }));
                         }
                         Err(Failure::Unsent(h1::Error::TimedOut, _) | Failure::Sent(h1::Error::TimedOut)) => {
                             return Err(SendError::TimedOut);
@@ -265,13 +271,10 @@ impl Address {
                 idle.http2 = None;
             }
         }
+        // Each is stamped with the start of the request that last used it, so they are not in
+        // the order of their stamps: an old one among them goes alone.
         while let Some((mut conn, since)) = idle.http1.pop() {
-            if now.duration_since(since) >= IDLE_TIMEOUT {
-                // The rest are older still.
-                idle.http1.clear();
-                break;
-            }
-            if conn.is_usable() {
+            if now.duration_since(since) < IDLE_TIMEOUT && conn.is_usable() {
                 return Some(Conn::Http1(conn));
             }
         }
@@ -296,6 +299,10 @@ pub type ResponseBody = Either<Http1Body, Incoming>;
 pub struct Http1Body {
     body: h1::ResponseBody<Stream>,
     home: Arc<Mutex<Idle>>,
+    /// When the attempt that uses the connection began: its idle time counts from there, not
+    /// from a clock reading of its own per request. A connection that served a long response
+    /// thus looks idle for longer than it was, and is closed that much sooner.
+    used: Instant,
 }
 
 impl Body for Http1Body {
@@ -326,7 +333,7 @@ impl Body for Http1Body {
 impl Http1Body {
     fn release(&mut self) {
         if let Some(conn) = self.body.into_reusable() {
-            lock(&self.home).http1.push((conn, Instant::now()));
+            lock(&self.home).http1.push((conn, self.used));
         }
     }
 }
