@@ -2,6 +2,8 @@
 //! server one (`server::h1`, from clients) decode chunked bodies and write the numbers of a
 //! message's framing the same way.
 
+use std::cell::RefCell;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 use smallvec::SmallVec;
@@ -12,6 +14,64 @@ pub const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// The most the trailer section after the last chunk may take.
 const MAX_TRAILERS: usize = 16 * 1024;
+
+thread_local! {
+    /// Emptied header maps, kept for the next head parsed on this thread: a map's two
+    /// allocations (its index and its entries) are otherwise made and freed for every request
+    /// and every response.
+    static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+/// Spare maps kept per thread at most.
+const SPARE_MAPS_MAX: usize = 64;
+/// A map that held more headers than this is not kept.
+const SPARE_MAP_CAPACITY: usize = 64;
+
+/// A map for a new head: a spare one (empty, with room) if this thread has one.
+pub fn header_map() -> HeaderMap {
+    SPARE_MAPS
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps `map`, emptied, for another head (see [`header_map`]).
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    // `try_with`: a map dropped while the thread ends has nowhere to go, and that is fine.
+    let _ = SPARE_MAPS.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_MAPS_MAX {
+            spare.push(map);
+        }
+    });
+}
+
+/// A request's header map that goes back to [`recycle`] when it is dropped.
+#[derive(Debug, Default)]
+pub struct Recycled(pub HeaderMap);
+
+impl std::ops::Deref for Recycled {
+    type Target = HeaderMap;
+    fn deref(&self) -> &HeaderMap {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Recycled {
+    fn deref_mut(&mut self) -> &mut HeaderMap {
+        &mut self.0
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.0));
+    }
+}
 
 /// Where each header's name and value sit in a parsed head: offsets from the head's start, so
 /// the head can be frozen and its values sliced out of it rather than copied.
@@ -265,6 +325,26 @@ mod tests {
         assert!(chunk_size(b"5\r;x\r").is_err());
         assert!(chunk_size(b"5\r\r").is_err());
         assert!(chunk_size(b"5 \t;a=\"b\"").is_ok());
+    }
+
+    #[test]
+    fn emptied_maps_serve_the_next_head_and_large_ones_are_not_kept() {
+        // A thread of its own: the test harness's threads may hold spares of other tests.
+        std::thread::spawn(|| {
+            assert_eq!(header_map().capacity(), 0);
+            let mut map = HeaderMap::with_capacity(10);
+            map.insert("x-a", HeaderValue::from_static("1"));
+            let capacity = map.capacity();
+            drop(Recycled(map));
+            let reused = header_map();
+            assert!(reused.is_empty());
+            assert_eq!(reused.capacity(), capacity);
+            assert_eq!(header_map().capacity(), 0);
+            recycle(HeaderMap::with_capacity(SPARE_MAP_CAPACITY * 2));
+            assert_eq!(header_map().capacity(), 0);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

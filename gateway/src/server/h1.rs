@@ -621,6 +621,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| Refused::Malformed("the request target is not valid"))?;
     let mut request = Request::new(());
+    *request.headers_mut() = http1::header_map();
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
@@ -776,6 +777,8 @@ where
         &[][..]
     };
     let (framing, kept) = conn.out.encode_head(&parts, &body, answer, cut_short);
+    // Written: the map goes to the next head parsed (see `http1::header_map`).
+    http1::recycle(parts.headers);
     let Conn { out, write, .. } = conn;
     let mut body = pin!(body);
     let mut left = match framing {

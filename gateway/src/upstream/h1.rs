@@ -505,6 +505,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Error> {
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
     let head = buf.split_to(len).freeze();
     let mut response = Response::new(());
+    *response.headers_mut() = http1::header_map();
     *response.status_mut() = status;
     *response.version_mut() = version;
     if let Some(reason) = reason {

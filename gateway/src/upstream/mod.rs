@@ -255,9 +255,11 @@ impl Upstream {
             query,
             set,
             as_given,
-            mut headers,
+            headers,
             body,
         } = request;
+        // Once the request is done with (sent, or given up), its map serves another head.
+        let mut headers = crate::http1::Recycled(headers);
         let idempotent = retry::is_idempotent(&method, &headers);
         let attempts = self.retry.config.attempts;
         // Only a request that is safe to repeat keeps its (small) body to send again. Any
