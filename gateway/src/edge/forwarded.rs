@@ -97,8 +97,15 @@ pub fn forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: &Uri
         set.push((&X_FORWARDED_FOR, value));
         // What a trusted proxy said stands; what it left out, the gateway says.
         let proto = headers.get(&X_FORWARDED_PROTO).cloned();
-        set.push((&X_FORWARDED_PROTO, proto.unwrap_or(HeaderValue::from_static("http"))));
-        if let Some(host) = headers.get(&X_FORWARDED_HOST).cloned().or_else(|| host(headers, uri)) {
+        set.push((
+            &X_FORWARDED_PROTO,
+            proto.unwrap_or(HeaderValue::from_static("http")),
+        ));
+        if let Some(host) = headers
+            .get(&X_FORWARDED_HOST)
+            .cloned()
+            .or_else(|| host(headers, uri))
+        {
             set.push((&X_FORWARDED_HOST, host));
         }
         remove_present(headers, &FORWARDED_FOR_PROTO_HOST[..3]);
@@ -183,7 +190,14 @@ mod tests {
             ("host", "gw"),
         ]);
         let set = forwarded_headers(&mut h, &c, &Uri::from_static("/x"));
-        assert_eq!(sent(&set), [("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "http"), ("x-forwarded-host", "gw")]);
+        assert_eq!(
+            sent(&set),
+            [
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "gw")
+            ]
+        );
         assert_eq!(h.keys().collect::<Vec<_>>(), ["host"]);
     }
 
@@ -212,7 +226,9 @@ mod tests {
     }
 
     fn sent(set: &Forwarded) -> Vec<(&str, &str)> {
-        set.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect()
+        set.iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect()
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! `Connection` are removed in both directions, and the gateway's own headers are set.
 
 use bytes::Bytes;
-use smallvec::SmallVec;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue, InvalidHeaderValue};
+use smallvec::SmallVec;
 
 /// A header value the gateway writes for every request (a request id, a trace parent, a client
 /// address, a number), made in one allocation that its clones share.

@@ -67,12 +67,14 @@ pub async fn forward(
         body,
     };
     // Pinned where it is made: see `Gateway::handle`.
-    let response = pin!(upstream.send(outgoing, deadline)).await.map_err(|e| match e {
-        GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge {
-            limit: ctx.max_body_size,
-        },
-        other => other,
-    })?;
+    let response = pin!(upstream.send(outgoing, deadline))
+        .await
+        .map_err(|e| match e {
+            GatewayError::PayloadTooLarge { .. } => GatewayError::PayloadTooLarge {
+                limit: ctx.max_body_size,
+            },
+            other => other,
+        })?;
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);

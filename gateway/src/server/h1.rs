@@ -629,7 +629,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
     // and then none is looked up below.
     let mut present = Present::default();
     spans
-        .fill(&head, request.headers_mut(), ADDED_HEADERS, |name| present.note(name))
+        .fill(&head, request.headers_mut(), ADDED_HEADERS, |name| {
+            present.note(name)
+        })
         .map_err(Refused::Malformed)?;
     // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request, never two in any; which authority
     // a request with two means is a guess another hop could make differently.

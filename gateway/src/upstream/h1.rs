@@ -250,7 +250,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// early, about once per timeout period, and is then moved to this one: so a request costs
     /// the timer wheel nothing, where a timer of its own is registered and removed every time.
     fn poll_past(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if timer.deadline() > deadline {
             timer.as_mut().reset(deadline);
         }
@@ -728,7 +730,8 @@ mod tests {
                 set: &[],
                 timeout_ms: None,
             };
-            self.send(head, body, Instant::now() + std::time::Duration::from_secs(60)).await
+            self.send(head, body, Instant::now() + std::time::Duration::from_secs(60))
+                .await
         }
     }
 
@@ -808,7 +811,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("accept", HeaderValue::from_static("*/*"));
         headers.insert("x-request-timeout-ms", HeaderValue::from_static("999999"));
-        let set = [(&crate::edge::request_id::X_REQUEST_ID, HeaderValue::from_static("id-1"))];
+        let set = [(
+            &crate::edge::request_id::X_REQUEST_ID,
+            HeaderValue::from_static("id-1"),
+        )];
         let request = Outgoing {
             method: &Method::GET,
             target: "/a",
@@ -1256,10 +1262,22 @@ mod tests {
         }
         let (conn, mut server) = pair();
         // Answered within a 10 s deadline: the timer is left set for it.
-        let (conn, took) = send(conn, &mut server, Duration::from_secs(10), Some(Duration::from_secs(1))).await;
+        let (conn, took) = send(
+            conn,
+            &mut server,
+            Duration::from_secs(10),
+            Some(Duration::from_secs(1)),
+        )
+        .await;
         assert_eq!(took, Duration::from_secs(1));
         // A 20 s deadline outlives the first one (9 s from now): that one passing ends nothing.
-        let (conn, took) = send(conn.unwrap(), &mut server, Duration::from_secs(20), Some(Duration::from_secs(15))).await;
+        let (conn, took) = send(
+            conn.unwrap(),
+            &mut server,
+            Duration::from_secs(20),
+            Some(Duration::from_secs(15)),
+        )
+        .await;
         assert_eq!(took, Duration::from_secs(15));
         // A 2 s deadline, earlier than the timer's: moved, and it ends the silent attempt.
         let (result, took) = send(conn.unwrap(), &mut server, Duration::from_secs(2), None).await;

@@ -158,6 +158,9 @@ impl Payload {
 }
 
 /// What one attempt produced: response headers, or how it failed.
+// Not boxed: every proxied request makes one `Ok`, and a box would be an allocation per request
+// for a value that only lives inside `Upstream::send`.
+#[allow(clippy::large_enum_variant)]
 enum Attempted {
     /// With the attempt's span, which ends with the body.
     Ok(Response<ResponseBody>, tracing::Span),

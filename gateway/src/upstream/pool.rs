@@ -33,9 +33,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use super::h1::{self, Failure};
 use super::{SetHeaders, UpstreamBody, X_REQUEST_TIMEOUT_MS};
 use crate::edge::headers::number_value;
-use super::h1::{self, Failure};
 
 /// How long an idle connection is kept before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -194,11 +194,12 @@ impl Connector {
                         Ok(uri) => *request.uri_mut() = uri,
                         Err(e) => return Err(SendError::Connect(e.into(), request.into_body())),
                     }
-                    let mut failed = match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await {
-                        Ok(Ok(response)) => return Ok(response.map(Either::Right)),
-                        Ok(Err(e)) => e,
-                        Err(_) => return Err(SendError::TimedOut),
-                    };
+                    let mut failed =
+                        match tokio::time::timeout_at(deadline, sender.try_send_request(request)).await {
+                            Ok(Ok(response)) => return Ok(response.map(Either::Right)),
+                            Ok(Err(e)) => e,
+                            Err(_) => return Err(SendError::TimedOut),
+                        };
                     match failed.take_message() {
                         Some(unsent) if pooled => body = unsent.into_body(),
                         Some(unsent) => {
