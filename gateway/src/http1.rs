@@ -1,6 +1,7 @@
 //! What our two HTTP/1.1 codecs share: the client one (`upstream::h1`, to backends) and the
-//! server one (`server::h1`, from clients) decode chunked bodies and write the numbers of a
-//! message's framing the same way.
+//! server one (`server::h1`, from clients) decode chunked bodies, write header lines, chunk
+//! sizes and the numbers of a message's framing, and parse heads into (recycled) header maps the
+//! same way.
 
 use std::cell::RefCell;
 
@@ -282,18 +283,24 @@ fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
     })
 }
 
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Writes one header line: `name: value` and CRLF.
+pub fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line that opens a chunk of `len` bytes: its size in hex, then CRLF.
+pub fn chunk_size_line(len: usize) -> Bytes {
+    let mut line = Vec::with_capacity(18);
+    push_hex(&mut line, len as u64);
+    line.extend_from_slice(b"\r\n");
+    line.into()
 }
 
 pub fn push_hex(out: &mut Vec<u8>, n: u64) {

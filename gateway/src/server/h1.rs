@@ -58,7 +58,8 @@ use tokio::sync::Notify;
 
 use crate::error::GatewayError;
 use crate::http1::{
-    self, Chunked, Decoded, HeaderSpans, MAX_HEADERS, decode_chunked, push_decimal, push_hex,
+    self, Chunked, Decoded, HeaderSpans, MAX_HEADERS, chunk_size_line, decode_chunked, push_decimal,
+    push_header,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -901,10 +902,7 @@ impl Out {
             if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
                 continue;
             }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
+            push_header(head, name.as_str(), value.as_bytes());
         }
 
         // The framing: one checked Content-Length (copies that disagree, or are not plain
@@ -969,10 +967,7 @@ impl Out {
     }
 
     fn push_chunk(&mut self, data: Bytes) {
-        let mut line = Vec::with_capacity(18);
-        push_hex(&mut line, data.len() as u64);
-        line.extend_from_slice(b"\r\n");
-        self.push(Bytes::from(line));
+        self.push(chunk_size_line(data.len()));
         self.push(data);
         self.push(Bytes::from_static(b"\r\n"));
     }
@@ -983,10 +978,7 @@ impl Out {
             Some(trailers) => {
                 let mut end = b"0\r\n".to_vec();
                 for (name, value) in trailers {
-                    end.extend_from_slice(name.as_str().as_bytes());
-                    end.extend_from_slice(b": ");
-                    end.extend_from_slice(value.as_bytes());
-                    end.extend_from_slice(b"\r\n");
+                    push_header(&mut end, name.as_str(), value.as_bytes());
                 }
                 end.extend_from_slice(b"\r\n");
                 self.push(Bytes::from(end));

@@ -42,7 +42,8 @@ use tokio_util::io::poll_read_buf;
 
 use super::{SetHeaders, UpstreamBody, X_REQUEST_TIMEOUT_MS};
 use crate::http1::{
-    self, Chunked, Decoded, HeaderSpans, MAX_HEADERS, decode_chunked, push_decimal, push_hex,
+    self, Chunked, Decoded, HeaderSpans, MAX_HEADERS, chunk_size_line, decode_chunked, push_decimal,
+    push_header,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,13 +81,6 @@ pub enum Error {
     BodyLength(&'static str),
     #[error("the backend did not answer before the attempt's deadline")]
     TimedOut,
-}
-
-fn push_header(head: &mut Vec<u8>, name: &str, value: &HeaderValue) {
-    head.extend_from_slice(name.as_bytes());
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value.as_bytes());
-    head.extend_from_slice(b"\r\n");
 }
 
 /// A request's head, borrowed: the caller keeps it to send again if the attempt fails.
@@ -294,16 +288,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if request.timeout_ms.is_some() && name.len() == timeout_ms.len() && name == timeout_ms {
                 continue;
             }
-            push_header(head, name, value);
+            push_header(head, name, value.as_bytes());
         }
         for (name, value) in request.set {
-            push_header(head, name.as_str(), value);
+            push_header(head, name.as_str(), value.as_bytes());
         }
         if let Some(ms) = request.timeout_ms {
-            head.extend_from_slice(timeout_ms.as_bytes());
-            head.extend_from_slice(b": ");
-            push_decimal(head, ms);
-            head.extend_from_slice(b"\r\n");
+            push_header(head, timeout_ms, itoa::Buffer::new().format(ms).as_bytes());
         }
         match framing {
             Some(Framing::Length(len)) => {
@@ -383,10 +374,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                             self.queue.push_back(data);
                         }
                         Framing::Chunked => {
-                            let mut size = Vec::with_capacity(18);
-                            push_hex(&mut size, data.len() as u64);
-                            size.extend_from_slice(b"\r\n");
-                            self.queue.push_back(size.into());
+                            self.queue.push_back(chunk_size_line(data.len()));
                             self.queue.push_back(data);
                             self.queue.push_back(Bytes::from_static(b"\r\n"));
                         }
