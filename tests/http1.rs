@@ -369,6 +369,15 @@ impl Wire {
         std::mem::take(&mut self.buf)
     }
 
+    /// The next answer refuses the request (`status`, the SPEC.md JSON error `BAD_REQUEST`), and
+    /// the server then closes the connection.
+    async fn expect_refused(&mut self, status: u16) {
+        let answer = self.answer().await;
+        assert_eq!(answer.status, status, "{answer:?}");
+        assert_eq!(answer.error_code(), "BAD_REQUEST");
+        self.expect_closed().await;
+    }
+
     /// The server closed the connection (a FIN, not a reset) and sent nothing more.
     async fn expect_closed(&mut self) {
         assert!(
@@ -668,10 +677,7 @@ async fn an_oversized_head_gets_431_and_the_connection_closes() {
     ] {
         let mut wire = Wire::open(gw.addr).await;
         wire.send(head).await;
-        let answer = wire.answer().await;
-        assert_eq!(answer.status, 431, "{answer:?}");
-        assert_eq!(answer.error_code(), "BAD_REQUEST");
-        wire.expect_closed().await;
+        wire.expect_refused(431).await;
     }
 }
 
@@ -694,19 +700,13 @@ async fn a_malformed_head_gets_a_json_400_and_the_connection_closes() {
     ] {
         let mut wire = Wire::open(gw.addr).await;
         wire.send(head).await;
-        let answer = wire.answer().await;
-        assert_eq!(answer.status, 400, "{answer:?}");
-        assert_eq!(answer.error_code(), "BAD_REQUEST");
-        wire.expect_closed().await;
+        wire.expect_refused(400).await;
     }
     // Half a head, then the client's end of the stream.
     let mut wire = Wire::open(gw.addr).await;
     wire.send("GET /app/hello HTTP/1.1\r\nHost: g").await;
     wire.take_writer().shutdown().await.unwrap();
-    let answer = wire.answer().await;
-    assert_eq!(answer.status, 400, "{answer:?}");
-    assert_eq!(answer.error_code(), "BAD_REQUEST");
-    wire.expect_closed().await;
+    wire.expect_refused(400).await;
 }
 
 /// `Transfer-Encoding` on an HTTP/1.0 request is a 400 (HTTP/1.0 has no chunked coding), and the
@@ -719,10 +719,7 @@ async fn transfer_encoding_on_http10_is_a_400() {
         "POST /app/echo HTTP/1.0\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
-    let answer = wire.answer().await;
-    assert_eq!(answer.status, 400, "{answer:?}");
-    assert_eq!(answer.error_code(), "BAD_REQUEST");
-    wire.expect_closed().await;
+    wire.expect_refused(400).await;
 }
 
 /// Chunked request bodies reach the backend intact: chunk extensions and trailers are
