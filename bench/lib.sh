@@ -84,6 +84,39 @@ $body
 EOF
 }
 
+# The nginx proxy_pass peer: keep-alive to the backend and the same forwarding work the gateway
+# does on every request (SPEC.md's Headers), so both proxies put the same headers on the wire
+# and the backend and wrk, which share a CPU, parse the same bytes: X-Forwarded-For/-Proto/-Host,
+# an X-Request-Id sent upstream and returned, a W3C traceparent of a new trace (made from
+# $request_id), and the deadline header the gateway sends (a constant here). EDGE=0 gives the
+# bare proxy_pass, which forwards none of them, for reference.
+nginx_proxy_conf() { # NAME PORT BACKEND_PORT EDGE(1|0)
+    local headers="" map=""
+    if [[ $4 == 1 ]]; then
+        headers='
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Id $request_id;
+            proxy_set_header traceparent 00-$request_id-$bench_parent_id-01;
+            proxy_set_header x-request-timeout-ms 5000;
+            add_header X-Request-Id $request_id;'
+        map='
+    map $request_id $bench_parent_id { "~^(?<p>[0-9a-f]{16})" $p; }'
+    fi
+    nginx_conf "$1" "        listen 127.0.0.1:$2;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";$headers
+        }" \
+"    upstream backend {
+        server 127.0.0.1:$3;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }$map"
+}
+
 # The plain proxy target's gateway config: one thread, one backend, round robin, no breaker, no
 # retries, every path to it with no auth (as the foundation's proxy was). proxy.sh adds its other
 # targets after it; paired.sh runs it as is.

@@ -49,9 +49,7 @@ EOF
 )
 BODY=$(printf '%*s' 1024 '' | tr ' ' 'x')
 nginx_conf backend "listen 127.0.0.1:$BACKEND_PORT; location / { return 200 \"$BODY\"; }"
-nginx_conf proxy "listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://backend;
-        proxy_http_version 1.1; proxy_set_header Connection \"\"; }" \
-    "upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 64; keepalive_requests 1000000; }"
+nginx_proxy_conf proxy "$NGINX_PORT" "$BACKEND_PORT" 1
 
 wait_ready() { # PORT
     local deadline=$((SECONDS + 10))

@@ -77,10 +77,10 @@ ulimit -n 65536 2>/dev/null || true
 bench_tmp proxy
 
 # ---------------------------------------------------------------- ports
-read -r BACKEND_PORT NGINX_PORT GW_PORT OBS_PORT ADMIN_PORT OTLP_PORT DEAD_PORT < <(python3 - <<'EOF'
+read -r BACKEND_PORT NGINX_PORT NGINX_BARE_PORT GW_PORT OBS_PORT ADMIN_PORT OTLP_PORT DEAD_PORT < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(7):
+for _ in range(8):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -96,17 +96,8 @@ BODY=$(printf '%*s' "$BODY_BYTES" '' | tr ' ' 'x')
 nginx_conf backend "        listen 127.0.0.1:$BACKEND_PORT;
         location / { return 200 \"$BODY\"; }"
 
-nginx_conf proxy "        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-        }" \
-"    upstream backend {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }"
+nginx_proxy_conf proxy "$NGINX_PORT" "$BACKEND_PORT" 1
+nginx_proxy_conf proxy-bare "$NGINX_BARE_PORT" "$BACKEND_PORT" 0
 
 # Auth targets: the same gateway, routes /hs and /rs that need a valid HS256 / RS256 token. Each
 # wrk connection reuses one token, as real clients do.
@@ -234,16 +225,18 @@ declare -A NGINX_MASTER=()
 
 start_nginx backend "$LOAD_CPU" "$BACKEND_PORT"
 start_nginx proxy "$PROXY_CPU" "$NGINX_PORT"
+start_nginx proxy-bare "$PROXY_CPU" "$NGINX_BARE_PORT"
 
 # The proxy's one worker process, whose CPU time is measured like the gateway's.
 NGINX_WORKER=$(pgrep -P "${NGINX_MASTER[proxy]}" | head -n1)
-[[ -n $NGINX_WORKER ]] || die "cannot find the nginx proxy's worker process"
+NGINX_BARE_WORKER=$(pgrep -P "${NGINX_MASTER[proxy-bare]}" | head -n1)
+[[ -n $NGINX_WORKER && -n $NGINX_BARE_WORKER ]] || die "cannot find the nginx proxies' worker processes"
 
 TARGETS=(direct)
-declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [gateway]=$GW_PORT
+declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [nginx-bare]=$NGINX_BARE_PORT [gateway]=$GW_PORT
     [gw-hs256]=$GW_PORT [gw-rs256]=$GW_PORT [gw-rlimit]=$GW_PORT [gw-resil]=$GW_PORT
     [gw-observed]=$OBS_PORT [gw-otlp]=$OTLP_PORT)
-declare -A PID_OF=([nginx]=$NGINX_WORKER)
+declare -A PID_OF=([nginx]=$NGINX_WORKER [nginx-bare]=$NGINX_BARE_WORKER)
 declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/resil)
 declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
 GW_PID=""
@@ -285,7 +278,7 @@ if [[ $SKIP_GW != 1 ]]; then
     [[ $code == 1 ]] || die "gw-rlimit: /rl answered without a RateLimit header (see $tmp/gateway.log)"
     TARGETS+=(gateway gw-hs256 gw-rs256 gw-rlimit gw-resil "${OBSERVED[@]}")
 fi
-TARGETS+=(nginx)
+TARGETS+=(nginx nginx-bare)
 
 # ---------------------------------------------------------------- RSS
 rss_kib() { # PID -> VmRSS in KiB (0 if unavailable)
@@ -364,7 +357,7 @@ run_wrk() {
 echo "# proxy benchmark: $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
 echo "# cpus: wrk+backend on $LOAD_CPU, proxy under test on $PROXY_CPU ($(getconf _NPROCESSORS_ONLN) online)"
 echo "# wrk -t1 -c$CONNS -d$DURATION, warm-up $WARMUP, rounds $ROUNDS, body $BODY_BYTES B"
-echo "# ports: backend $BACKEND_PORT, nginx $NGINX_PORT$([[ -n $GW_PID ]] && echo ", gateway $GW_PORT")"
+echo "# ports: backend $BACKEND_PORT, nginx $NGINX_PORT, nginx-bare $NGINX_BARE_PORT$([[ -n $GW_PID ]] && echo ", gateway $GW_PORT")"
 [[ -n $GW_PID ]] || echo "# gateway skipped (BENCH_SKIP_GATEWAY=1)"
 
 for t in "${TARGETS[@]}"; do
@@ -435,6 +428,9 @@ if "gateway" in med:
     load = int(rss_load) / 1024
     print(f"ratio gateway/nginx req/s: {rps_ratio:.2f} (target >= 1.00)  {verdict(rps_ratio >= 1.0)}")
     print(f"ratio gateway/nginx p99: {p99_ratio:.2f}")
+    bare = med["nginx-bare"][0]
+    print(f"ratio gateway/nginx-bare req/s: {gw[0] / bare:.2f} (for information: nginx forwarding "
+          f"none of the gateway's headers; nginx/nginx-bare {ng[0] / bare:.2f})")
     if cpu["nginx"] and cpu["gateway"]:
         # CPU per request, nginx's cost / the gateway's: the same comparison, steadier on a
         # shared machine (>= 1.00 means the gateway does a request with less CPU).
