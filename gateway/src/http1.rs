@@ -83,20 +83,20 @@ impl HeaderSpans {
     pub fn new(buf: &[u8], headers: &[httparse::Header<'_>]) -> Self {
         let start = buf.as_ptr() as usize;
         let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
-        Self(
-            headers
-                .iter()
-                .map(|h| {
-                    let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
-                    (
-                        name,
-                        name + h.name.len() as u32,
-                        value,
-                        value + h.value.len() as u32,
-                    )
-                })
-                .collect(),
-        )
+        // Pushed into the value returned, not collected: `collect` built the 400-byte vector
+        // aside and copied it out.
+        let mut spans = Self(SmallVec::new());
+        spans.0.reserve(headers.len());
+        for h in headers {
+            let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+            spans.0.push((
+                name,
+                name + h.name.len() as u32,
+                value,
+                value + h.value.len() as u32,
+            ));
+        }
+        spans
     }
 
     /// Appends the headers to `map`, their values slices of `head` (the frozen head the spans

@@ -131,24 +131,27 @@ impl Gateway {
         // Metrics and the access log name the route by its pattern (never the raw path).
         let route = seen.route.as_ref().map_or("unmatched", |r| r.pattern());
         let status = response.status().as_u16();
-        let took = started.elapsed();
         trace.finish(status, error_code);
         // The request's span ends with its response body (only when spans are exported).
         if !trace.span.is_disabled() {
             let span = trace.span.clone();
             response = response.map(|body| Body::new(SpanBody::new(body, span)));
         }
-        metrics::server_request(method.as_str(), route, status, took);
         metrics::active_requests(-1.0);
-        access::record(&access::Entry {
-            method: method.as_str(),
-            route,
-            status,
-            took,
-            request_id: request_id.to_str().unwrap_or_default(),
-            trace_id: trace.trace_id(),
-            client: seen.identity.as_ref().map(|i| i.subject.as_str()),
-        });
+        // The clock is read for the duration only when something keeps it.
+        if metrics::recording() || access::enabled() {
+            let took = started.elapsed();
+            metrics::server_request(method.as_str(), route, status, took);
+            access::record(&access::Entry {
+                method: method.as_str(),
+                route,
+                status,
+                took,
+                request_id: request_id.to_str().unwrap_or_default(),
+                trace_id: trace.trace_id(),
+                client: seen.identity.as_ref().map(|i| i.subject.as_str()),
+            });
+        }
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
         Ok(response.map(|body| Holding::new(body, guard)))
     }

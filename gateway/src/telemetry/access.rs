@@ -59,6 +59,11 @@ pub fn init(format: LogFormat) -> bool {
         .is_ok()
 }
 
+/// Whether access lines are written (the log filter enables target `access`).
+pub fn enabled() -> bool {
+    SINK.get().is_some()
+}
+
 /// Writes out every line so far (also called when the process ends).
 pub fn flush() {
     let Some(sink) = SINK.get() else { return };

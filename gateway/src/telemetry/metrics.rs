@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use metrics::{Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::time::Instant;
 
 use crate::upstream::ServiceStatus;
 use crate::upstream::breaker::BreakerState;
@@ -28,7 +29,9 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Whether a recorder is installed. Without one the metric calls below return at once: building
 /// their labels would cost every request allocations for nothing.
-fn recording() -> bool {
+/// Whether a recorder is installed (the admin listener is on): without one, callers skip the work
+/// of measuring what nobody records.
+pub fn recording() -> bool {
     HANDLE.get().is_some_and(Option::is_some)
 }
 
@@ -109,11 +112,13 @@ pub fn active_requests(delta: f64) {
     }
 }
 
-/// One attempt to a backend: `outcome` is ok, timeout, connect_error, reset, 5xx, 4xx...
-pub fn client_request(service: &str, outcome: &'static str, took: Duration) {
+/// One attempt to a backend that began at `started`: `outcome` is ok, timeout, connect_error,
+/// reset, 5xx, 4xx... The clock is read only when a recorder will keep the duration.
+pub fn client_request(service: &str, outcome: &'static str, started: Instant) {
     if !recording() {
         return;
     }
+    let took = started.elapsed();
     series(1, service, outcome, 0, || {
         histogram!(
             "http_client_request_duration_seconds",

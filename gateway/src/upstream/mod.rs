@@ -381,7 +381,7 @@ impl Upstream {
                 }
             };
             let failed = outcome.is_failure();
-            metrics::client_request(&self.name, outcome.label(), started.elapsed());
+            metrics::client_request(&self.name, outcome.label(), started);
             if !attempt_span.is_disabled() {
                 if let Outcome::Status(status) = outcome {
                     attempt_span.record("http.response.status_code", status.as_u16());
