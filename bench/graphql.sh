@@ -78,23 +78,7 @@ done
 for tool in curl python3 taskset getconf; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not found"
 done
-if ! command -v oha >/dev/null 2>&1; then
-    [[ -x $HOME/.cargo/bin/oha ]] && PATH=$HOME/.cargo/bin:$PATH
-fi
-if ! command -v oha >/dev/null 2>&1; then
-    if [[ ${BENCH_INSTALL:-0} == 1 ]]; then
-        log "oha not found: cargo install --locked oha (a few minutes on 2 cores)"
-        cargo install --locked oha
-        PATH=$HOME/.cargo/bin:$PATH
-    else
-        echo "graphql.sh: oha is missing; install it with:  cargo install --locked oha" >&2
-        echo "(or rerun with BENCH_INSTALL=1)" >&2
-        exit 1
-    fi
-fi
-# oha >= 1.5 writes JSON with --output-format json; older versions with -j.
-if oha --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
-oha --help 2>&1 | grep -q -- '--latency-correction' || die "this oha has no --latency-correction; upgrade it"
+find_oha || exit 1
 taskset -c "$LOAD_CPU" true 2>/dev/null || die "cannot pin to CPU $LOAD_CPU (LOAD_CPU)"
 taskset -c "$GATEWAY_CPU" true 2>/dev/null || die "cannot pin to CPU $GATEWAY_CPU (GATEWAY_CPU); needs >= 2 CPUs"
 [[ $LOAD_CPU != "$GATEWAY_CPU" ]] || die "LOAD_CPU and GATEWAY_CPU must differ"

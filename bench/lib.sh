@@ -23,6 +23,24 @@ gateway_binary() {
     GATEWAY_BIN=$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")
 }
 
+# Finds oha (also in ~/.cargo/bin), installing it with BENCH_INSTALL=1; sets OHA_JSON to the
+# flag that makes it print JSON. Returns 1, having said how to install it, when it is missing.
+find_oha() {
+    command -v oha >/dev/null 2>&1 || { [[ -x $HOME/.cargo/bin/oha ]] && PATH=$HOME/.cargo/bin:$PATH; }
+    if ! command -v oha >/dev/null 2>&1; then
+        if [[ ${BENCH_INSTALL:-0} != 1 ]]; then
+            echo "$BENCH_NAME: oha is missing; install it with:  cargo install --locked oha  (or rerun with BENCH_INSTALL=1)" >&2
+            return 1
+        fi
+        log "oha not found: cargo install --locked oha (a few minutes on 2 cores)"
+        cargo install --locked oha
+        PATH=$HOME/.cargo/bin:$PATH
+    fi
+    # oha >= 1.5 writes JSON with --output-format json; older versions with -j.
+    if oha --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
+    oha --help 2>&1 | grep -q -- '--latency-correction' || die "this oha has no --latency-correction; upgrade it"
+}
+
 # A temp dir in $tmp, and PIDS for the processes the script starts: on exit every one is
 # stopped (TERM, then KILL after 5 s, children included, e.g. nginx workers) and the dir removed
 # (kept with BENCH_KEEP_TMP=1).

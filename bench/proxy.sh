@@ -14,8 +14,11 @@
 #   CONNS               wrk connections (default 50)
 #   LOAD_CPU            CPU for wrk and the backend (default 0)
 #   PROXY_CPU           CPU for the proxy under test (default 1)
+#   LATENCY_RATE        open-loop phase: oha's request rate (default 5000; 0 = skip the phase)
+#   LATENCY_ROUNDS      open-loop phase: interleaved rounds (default 3)
+#   LATENCY_SECONDS     open-loop phase: seconds per run (default 5)
 #   BENCH_SKIP_GATEWAY  1 = skip the gateway (direct and nginx only)
-#   BENCH_INSTALL       1 = apt-get install nginx and wrk when missing
+#   BENCH_INSTALL       1 = apt-get install nginx and wrk when missing (and oha, with cargo)
 #   BENCH_KEEP_TMP      1 = keep the temp dir (configs, logs, raw wrk output)
 #   BENCH_OTLP          1 = also measure gw-otlp: spans made for every request and exported
 #                       to a collector that refuses connections (informational, no target)
@@ -31,6 +34,9 @@ LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 SKIP_GW=${BENCH_SKIP_GATEWAY:-0}
 GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway}
+LATENCY_RATE=${LATENCY_RATE:-5000}
+LATENCY_ROUNDS=${LATENCY_ROUNDS:-3}
+LATENCY_SECONDS=${LATENCY_SECONDS:-5}
 BODY_BYTES=1024
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,6 +45,9 @@ source bench/lib.sh
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer (got '$CONNS')"
+[[ $LATENCY_RATE =~ ^[0-9]+$ ]] || die "LATENCY_RATE must be a number of requests/s (got '$LATENCY_RATE')"
+[[ $LATENCY_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "LATENCY_ROUNDS must be a positive integer (got '$LATENCY_ROUNDS')"
+[[ $LATENCY_SECONDS =~ ^[1-9][0-9]*$ ]] || die "LATENCY_SECONDS must be a positive integer (got '$LATENCY_SECONDS')"
 
 # ---------------------------------------------------------------- tools
 missing=()
@@ -387,16 +396,57 @@ if [[ -n ${PID_OF[gw-observed]:-} ]]; then
         die "gw-observed: no access lines in $tmp/gw-observed.log"
 fi
 
+# ---------------------------------------------------------------- open-loop latency
+# wrk keeps CONNS requests in flight and sends the next as soon as one is answered: at
+# saturation its p99 is mostly the queue (CONNS requests in flight over the rate). oha sends
+# LATENCY_RATE requests/s over CONNS connections whatever the answers, and counts a request that
+# had to wait for a free connection from when it was due (--latency-correction): the latency a
+# hop adds below saturation.
+OPEN=$tmp/open.tsv
+: >"$OPEN"
+OPEN_TARGETS=(direct)
+[[ -n $GW_PID ]] && OPEN_TARGETS+=(gateway)
+OPEN_TARGETS+=(nginx nginx-bare)
+if ((LATENCY_RATE > 0)) && find_oha; then
+    echo
+    log "open loop: oha -c $CONNS -q $LATENCY_RATE --latency-correction, ${LATENCY_SECONDS}s per run, rounds $LATENCY_ROUNDS"
+    printf '%-6s %-10s %12s %10s %10s %10s %7s\n' round target "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors
+    for ((r = 1; r <= LATENCY_ROUNDS; r++)); do
+        for t in "${OPEN_TARGETS[@]}"; do
+            out=$tmp/open$r-$t.json
+            if ! taskset -c "$LOAD_CPU" oha --no-tui "${OHA_JSON[@]}" -n $((LATENCY_RATE * LATENCY_SECONDS)) \
+                -q "$LATENCY_RATE" --latency-correction -c "$CONNS" "http://127.0.0.1:${PORT_OF[$t]}/" \
+                >"$out" 2>"$out.err"; then
+                cat "$out.err" >&2
+                die "oha against $t failed"
+            fi
+            row=$(python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+codes = {str(k): v for k, v in (d.get("statusCodeDistribution") or {}).items()}
+bad = sum(codes.values()) - codes.get("200", 0) + sum((d.get("errorDistribution") or {}).values())
+p = d.get("latencyPercentiles") or {}
+ms = lambda k: p[k] * 1000 if p.get(k) is not None else float("nan")
+print(f'{(d.get("summary") or {}).get("requestsPerSec") or 0:.0f}\t{ms("p50"):.3f}\t{ms("p99"):.3f}\t{ms("p99.9"):.3f}\t{bad}')
+PY
+)
+            IFS=$'\t' read -r rps p50 p99 p999 bad <<<"$row"
+            printf '%-6s %-10s %12s %10s %10s %10s %7s\n' "$r" "$t" "$rps" "$p50" "$p99" "$p999" "$bad"
+            printf '%s\t%s\t%s\n' "$r" "$t" "$row" >>"$OPEN"
+        done
+    done
+fi
+
 GW_RSS_LOAD=$(<"$RSS_MAX_FILE")
 GW_RSS_AFTER=0
 [[ -n $GW_PID ]] && GW_RSS_AFTER=$(rss_kib "$GW_PID")
 
 # ---------------------------------------------------------------- summary
 echo
-python3 - "$RESULTS" "${TARGETS[*]}" "$GW_RSS_IDLE" "$GW_RSS_LOAD" "$GW_RSS_AFTER" <<'EOF'
+python3 - "$RESULTS" "${TARGETS[*]}" "$GW_RSS_IDLE" "$GW_RSS_LOAD" "$GW_RSS_AFTER" "$OPEN" "$LATENCY_RATE" "$CONNS" <<'EOF'
 import statistics, sys
 
-path, targets, rss_idle, rss_load, rss_after = sys.argv[1:6]
+path, targets, rss_idle, rss_load, rss_after, open_path, open_rate, conns = sys.argv[1:9]
 targets = targets.split()
 rows = [line.rstrip("\n").split("\t") for line in open(path) if line.strip()]
 med, errors, cpu, cpu_best = {}, {}, {}, {}
@@ -437,8 +487,8 @@ if "gateway" in med:
         print(f"ratio by CPU per request nginx/gateway: {cpu['nginx']:.2f} / {cpu['gateway']:.2f} us "
               f"= {cpu['nginx'] / cpu['gateway']:.2f}; cheapest rounds "
               f"{cpu_best['nginx'] / cpu_best['gateway']:.2f}")
-    print(f"p99 added over direct: gateway {gw_added:.2f} ms, nginx {nginx_added:.2f} ms "
-          f"(target <= 1 ms)  {verdict(gw_added <= 1.0)}")
+    print(f"p99 added over direct (wrk, {conns} in flight, saturated): gateway {gw_added:.2f} ms, "
+          f"nginx {nginx_added:.2f} ms (target <= 1 ms)  {verdict(gw_added <= 1.0)}")
     print(f"gateway RSS idle: {idle:.1f} MiB (target <= 20), under load: {load:.1f} MiB "
           f"(target <= 50)  {verdict(idle <= 20 and load <= 50)}")
     print(f"gateway RSS after load: {int(rss_after) / 1024:.1f} MiB")
@@ -457,6 +507,24 @@ if "gateway" in med:
 else:
     print(f"p99 added over direct: nginx {nginx_added:.2f} ms")
     print("gateway: skipped (BENCH_SKIP_GATEWAY=1)")
+open_rows = [line.rstrip("\n").split("\t") for line in open(open_path) if line.strip()]
+if open_rows:
+    print()
+    print(f"open loop at {open_rate} req/s, {conns} connections (oha --latency-correction), medians")
+    print(f"{'target':<10} {'req/s':>12} {'p50 ms':>10} {'p99 ms':>10} {'p99.9 ms':>10} {'errors':>7}")
+    omed = {}
+    for t in dict.fromkeys(r[1] for r in open_rows):
+        rs = [r for r in open_rows if r[1] == t]
+        col = lambda i: statistics.median(float(r[i]) for r in rs)
+        omed[t] = (col(2), col(3), col(4), col(5), sum(int(r[6]) for r in rs))
+        print(f"{t:<10} {omed[t][0]:>12.0f} {omed[t][1]:>10.3f} {omed[t][2]:>10.3f} {omed[t][3]:>10.3f} {omed[t][4]:>7}")
+    added = {t: omed[t][2] - omed["direct"][2] for t in omed if t != "direct"}
+    if "gateway" in added:
+        print(f"p99 added over direct (open loop at {open_rate} req/s): gateway {added['gateway']:.2f} ms, "
+              f"nginx {added['nginx']:.2f} ms, nginx-bare {added['nginx-bare']:.2f} ms (target <= 1 ms)  "
+              f"{verdict(added['gateway'] <= 1.0)}")
+    if any(v[4] for v in omed.values()):
+        print("WARNING: some open-loop runs had non-2xx responses or errors")
 if any(errors.values()):
     print("WARNING: some runs had non-2xx responses or socket errors; see the errors column")
 EOF
