@@ -27,10 +27,9 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Whether a recorder is installed. Without one the metric calls below return at once: building
-/// their labels would cost every request allocations for nothing.
-/// Whether a recorder is installed (the admin listener is on): without one, callers skip the work
-/// of measuring what nobody records.
+/// Whether a recorder is installed (the admin listener is on). Without one the metric calls below
+/// return at once, since building their labels would cost every request allocations for nothing,
+/// and callers skip measuring what nobody records.
 pub fn recording() -> bool {
     HANDLE.get().is_some_and(Option::is_some)
 }
