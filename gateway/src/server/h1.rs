@@ -68,6 +68,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// buffer's), so tokens and cookies that passed before still pass; Envoy's is 60 KiB, nginx's
 /// 32 KiB.
 const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// The longest request target: `http::Uri`'s own limit.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
 /// Headers the gateway may add to a request (X-Forwarded-*, x-request-id, traceparent,
 /// x-request-timeout-ms, identity headers): room is made for them when its map is built.
 const ADDED_HEADERS: usize = 8;
@@ -329,21 +331,25 @@ struct Head {
 #[derive(Debug)]
 enum Refused {
     Malformed(&'static str),
+    /// The head is over `MAX_HEAD` or has more than `MAX_HEADERS` headers: 431.
     TooLarge,
+    /// The request target is over `MAX_TARGET`: 414.
+    TargetTooLong,
 }
 
 impl Refused {
     fn response(&self) -> Response<axum::body::Body> {
         let request_id = crate::edge::request_id::generate();
-        let mut response = match self {
-            Self::Malformed(why) => GatewayError::BadRequest(why).to_response(&request_id),
-            Self::TooLarge => {
-                let mut response =
-                    GatewayError::BadRequest("the request head is too large").to_response(&request_id);
-                *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-                response
-            }
+        let (why, status) = match self {
+            Self::Malformed(why) => (*why, StatusCode::BAD_REQUEST),
+            Self::TooLarge => (
+                "the request head is too large",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ),
+            Self::TargetTooLong => ("the request target is too long", StatusCode::URI_TOO_LONG),
         };
+        let mut response = GatewayError::BadRequest(why).to_response(&request_id);
+        *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(&crate::edge::request_id::X_REQUEST_ID, request_id);
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -615,6 +621,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Refused> {
         .map_err(|_| Refused::Malformed("the request method is not valid"))?;
     let version = http1::version(parsed.version);
     let target = parsed.path.unwrap_or_default();
+    if target.len() > MAX_TARGET {
+        return Err(Refused::TargetTooLong);
+    }
     let target = (target.as_ptr() as usize - buf.as_ptr() as usize, target.len());
     // The head is at most MAX_HEAD bytes long (checked above), so offsets fit.
     let spans = HeaderSpans::new(buf, parsed.headers);
