@@ -24,21 +24,30 @@ gateway_binary() {
 }
 
 # Finds oha (also in ~/.cargo/bin), installing it with BENCH_INSTALL=1; sets OHA_JSON to the
-# flag that makes it print JSON. Returns 1, having said how to install it, when it is missing.
+# flag that makes it print JSON. Returns 1, having said why, when there is no usable oha (callers
+# run it in a condition, where `set -e` does not apply, so every failure is checked here).
 find_oha() {
-    command -v oha >/dev/null 2>&1 || { [[ -x $HOME/.cargo/bin/oha ]] && PATH=$HOME/.cargo/bin:$PATH; }
+    local help
+    if ! command -v oha >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/oha ]]; then
+        PATH=$HOME/.cargo/bin:$PATH
+    fi
     if ! command -v oha >/dev/null 2>&1; then
         if [[ ${BENCH_INSTALL:-0} != 1 ]]; then
             echo "$BENCH_NAME: oha is missing; install it with:  cargo install --locked oha  (or rerun with BENCH_INSTALL=1)" >&2
             return 1
         fi
         log "oha not found: cargo install --locked oha (a few minutes on 2 cores)"
-        cargo install --locked oha
+        cargo install --locked oha || { echo "$BENCH_NAME: cargo install --locked oha failed" >&2; return 1; }
         PATH=$HOME/.cargo/bin:$PATH
     fi
+    # Read whole first: `oha --help | grep -q` fails under pipefail when grep stops early.
+    help=$(oha --help 2>&1) || true
+    if ! grep -q -- '--latency-correction' <<<"$help"; then
+        echo "$BENCH_NAME: this oha has no --latency-correction; upgrade it (cargo install --locked oha)" >&2
+        return 1
+    fi
     # oha >= 1.5 writes JSON with --output-format json; older versions with -j.
-    if oha --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
-    oha --help 2>&1 | grep -q -- '--latency-correction' || die "this oha has no --latency-correction; upgrade it"
+    if grep -q -- '--output-format' <<<"$help"; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
 }
 
 # A temp dir in $tmp, and PIDS for the processes the script starts: on exit every one is

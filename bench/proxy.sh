@@ -45,7 +45,7 @@ source bench/lib.sh
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer (got '$CONNS')"
-[[ $LATENCY_RATE =~ ^[0-9]+$ ]] || die "LATENCY_RATE must be a number of requests/s (got '$LATENCY_RATE')"
+[[ $LATENCY_RATE =~ ^(0|[1-9][0-9]*)$ ]] || die "LATENCY_RATE must be a number of requests/s (got '$LATENCY_RATE')"
 [[ $LATENCY_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "LATENCY_ROUNDS must be a positive integer (got '$LATENCY_ROUNDS')"
 [[ $LATENCY_SECONDS =~ ^[1-9][0-9]*$ ]] || die "LATENCY_SECONDS must be a positive integer (got '$LATENCY_SECONDS')"
 
@@ -68,6 +68,9 @@ fi
 for tool in curl python3 taskset; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not found"
 done
+# oha is only for the open-loop phase: without it the phase is skipped (find_oha says why).
+HAVE_OHA=0
+if ((LATENCY_RATE > 0)) && find_oha; then HAVE_OHA=1; fi
 taskset -c "$LOAD_CPU" true 2>/dev/null || die "cannot pin to CPU $LOAD_CPU (LOAD_CPU)"
 taskset -c "$PROXY_CPU" true 2>/dev/null || die "cannot pin to CPU $PROXY_CPU (PROXY_CPU); needs >= 2 CPUs"
 [[ $LOAD_CPU != "$PROXY_CPU" ]] || die "LOAD_CPU and PROXY_CPU must differ"
@@ -407,7 +410,7 @@ OPEN=$tmp/open.tsv
 OPEN_TARGETS=(direct)
 [[ -n $GW_PID ]] && OPEN_TARGETS+=(gateway)
 OPEN_TARGETS+=(nginx nginx-bare)
-if ((LATENCY_RATE > 0)) && find_oha; then
+if ((LATENCY_RATE > 0 && HAVE_OHA)); then
     echo
     log "open loop: oha -c $CONNS -q $LATENCY_RATE --latency-correction, ${LATENCY_SECONDS}s per run, rounds $LATENCY_ROUNDS"
     printf '%-6s %-10s %12s %10s %10s %10s %7s\n' round target "req/s" "p50 ms" "p99 ms" "p99.9 ms" errors
@@ -478,7 +481,7 @@ if "gateway" in med:
     load = int(rss_load) / 1024
     print(f"ratio gateway/nginx req/s: {rps_ratio:.2f} (target >= 1.00)  {verdict(rps_ratio >= 1.0)}")
     print(f"ratio gateway/nginx p99: {p99_ratio:.2f}")
-    bare = med["nginx-bare"][0]
+    bare = med["nginx-bare"][0] or float("nan")
     print(f"ratio gateway/nginx-bare req/s: {gw[0] / bare:.2f} (for information: nginx forwarding "
           f"none of the gateway's headers; nginx/nginx-bare {ng[0] / bare:.2f})")
     if cpu["nginx"] and cpu["gateway"]:
