@@ -211,20 +211,7 @@ run_oha() {
     fi
     t1=$(cpu_ticks)
     c1=$(backend_calls)
-    read -r R_OK R_BAD R_P50 R_P99 R_RPS < <(python3 - "$out" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-codes = {str(k): v for k, v in (d.get("statusCodeDistribution") or {}).items()}
-ok = codes.get("200", 0)
-bad = sum(codes.values()) - ok + sum((d.get("errorDistribution") or {}).values())
-p = d.get("latencyPercentiles") or {}
-def ms(key):
-    v = p.get(key)
-    return "nan" if v is None else f"{v * 1000:.3f}"
-rps = (d.get("summary") or {}).get("requestsPerSec") or 0
-print(ok, bad, ms("p50"), ms("p99"), f"{rps:.0f}")
-PY
-)
+    read -r R_OK R_BAD R_RPS R_P50 R_P99 _ < <(oha_summary "$out")
     R_CPU_MS=$(awk -v t0="$t0" -v t1="$t1" -v hz="$HZ" -v n="$R_OK" \
         'BEGIN { if (n > 0) printf "%.3f", (t1 - t0) / hz * 1000 / n; else print "nan" }')
     R_CALLS=$((c1 - c0))

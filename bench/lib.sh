@@ -50,6 +50,24 @@ find_oha() {
     if grep -q -- '--output-format' <<<"$help"; then OHA_JSON=(--output-format json); else OHA_JSON=(-j); fi
 }
 
+# Prints "ok bad rps p50 p99 p99.9" for one oha run's JSON: 200s, everything else (other
+# statuses and errors), requests/s, latencies in ms ("nan" when oha gave none).
+oha_summary() { # JSON
+    python3 - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+codes = {str(k): v for k, v in (d.get("statusCodeDistribution") or {}).items()}
+ok = codes.get("200", 0)
+bad = sum(codes.values()) - ok + sum((d.get("errorDistribution") or {}).values())
+p = d.get("latencyPercentiles") or {}
+def ms(key):
+    v = p.get(key)
+    return "nan" if v is None else f"{v * 1000:.3f}"
+rps = (d.get("summary") or {}).get("requestsPerSec") or 0
+print(ok, bad, f"{rps:.0f}", ms("p50"), ms("p99"), ms("p99.9"))
+PY
+}
+
 # A temp dir in $tmp, and PIDS for the processes the script starts: on exit every one is
 # stopped (TERM, then KILL after 5 s, children included, e.g. nginx workers) and the dir removed
 # (kept with BENCH_KEEP_TMP=1).

@@ -423,19 +423,9 @@ if ((LATENCY_RATE > 0 && HAVE_OHA)); then
                 cat "$out.err" >&2
                 die "oha against $t failed"
             fi
-            row=$(python3 - "$out" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-codes = {str(k): v for k, v in (d.get("statusCodeDistribution") or {}).items()}
-bad = sum(codes.values()) - codes.get("200", 0) + sum((d.get("errorDistribution") or {}).values())
-p = d.get("latencyPercentiles") or {}
-ms = lambda k: p[k] * 1000 if p.get(k) is not None else float("nan")
-print(f'{(d.get("summary") or {}).get("requestsPerSec") or 0:.0f}\t{ms("p50"):.3f}\t{ms("p99"):.3f}\t{ms("p99.9"):.3f}\t{bad}')
-PY
-)
-            IFS=$'\t' read -r rps p50 p99 p999 bad <<<"$row"
+            read -r _ bad rps p50 p99 p999 < <(oha_summary "$out")
             printf '%-6s %-10s %12s %10s %10s %10s %7s\n' "$r" "$t" "$rps" "$p50" "$p99" "$p999" "$bad"
-            printf '%s\t%s\t%s\n' "$r" "$t" "$row" >>"$OPEN"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$rps" "$p50" "$p99" "$p999" "$bad" >>"$OPEN"
         done
     done
 fi

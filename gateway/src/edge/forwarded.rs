@@ -122,7 +122,8 @@ pub fn forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: &Uri
     set
 }
 
-/// What [`forwarded_headers`] returns: at most three, kept inline.
+/// What [`forwarded_headers`] returns: at most three, kept inline with room for the request id
+/// the proxy sends after them.
 pub type Forwarded = SmallVec<[(&'static HeaderName, HeaderValue); 4]>;
 
 /// The forwarding headers a client may send: the three the gateway sets, then the two it
