@@ -5,7 +5,7 @@
 //!
 //! Requests go out on the connections `pool` keeps per instance: HTTP/1.1 through the gateway's
 //! own client codec (`h1`), driven by the request's task, and HTTP/2 (ALPN over TLS) through
-//! hyper's. The service's connect timeout, http and https (rustls, webpki roots), redirects passed
+//! hyper's. The service's connect timeout, http and https (rustls; Mozilla's roots and the system's trust store, `tls`), redirects passed
 //! back to the client rather than followed, and no system proxy (`HTTP_PROXY` in the environment
 //! must not silently reroute backend traffic). Neither reqwest nor a pooled client is on this path:
 //! reqwest parses a URL and copies the header map for its redirect bookkeeping on every request,
@@ -32,6 +32,7 @@ pub mod h1;
 mod idle_timeout;
 pub mod pool;
 pub mod retry;
+mod tls;
 mod window;
 
 use crate::body::Holding;
@@ -110,6 +111,8 @@ pub type SetHeaders<'a> = &'a [(&'static HeaderName, HeaderValue)];
 pub enum BuildError {
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("cannot load the certificates that verify https backends: {0}")]
+    TrustStore(String),
     #[error("\"{0}\" is not usable as an upstream address")]
     BadUrl(String),
 }
@@ -191,7 +194,10 @@ impl Upstream {
             .collect::<Result<_, BuildError>>()?;
         Ok(Self {
             name: config.name.clone(),
-            connector: Connector::new(config.connect_timeout)?,
+            connector: Connector::new(
+                config.connect_timeout,
+                tls::client_config(config.urls.iter().any(|u| u.scheme() == "https"))?,
+            ),
             balancer: Arc::new(Balancer::new(&config.name, config.load_balancing, instances)),
             timeout: config.timeout,
             bulkhead: Arc::new(Semaphore::new(config.max_concurrent)),

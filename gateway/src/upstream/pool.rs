@@ -102,18 +102,19 @@ enum Conn {
 }
 
 impl Connector {
-    pub fn new(connect_timeout: Duration) -> Result<Self, rustls::Error> {
+    /// `tls` is the client's TLS settings for `https` instances (ALPN is set here).
+    pub fn new(connect_timeout: Duration, tls: rustls::ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         http.enforce_http(false);
         let tcp_tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Ok(Self { tcp_tls })
+        Self { tcp_tls }
     }
 
     /// Sends a request with `head` (borrowed: the caller keeps it for a retry) and `body` to

@@ -1,0 +1,191 @@
+//! `https` upstreams: the real binary against TLS backends on loopback whose certificates a test
+//! CA signed (`tests/fixtures/tls`, made by its `make.sh`). The gateway trusts Mozilla's roots
+//! and the system's store, or the bundle `SSL_CERT_FILE` names instead of the latter; it
+//! negotiates HTTP/2 or HTTP/1.1 by ALPN, and refuses a certificate it cannot verify.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::process::{BIN, Proc, START_DEADLINE, TempConfig, free_addr, run_command};
+use common::{client, error_body};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+/// A TLS backend presenting `cert` (`loopback` or `elsewhere`) and offering `alpn`; it answers
+/// every request with the HTTP version, method, path and body it received.
+async fn backend(cert: &str, alpn: &[&[u8]]) -> SocketAddr {
+    let chain = CertificateDer::pem_file_iter(fixture(&format!("{cert}.pem")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixture(&format!("{cert}.key"))).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to serve.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service_fn(echo))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let said = format!(
+        "{:?} {} {} {}",
+        parts.version,
+        parts.method,
+        parts.uri.path(),
+        String::from_utf8_lossy(&body)
+    );
+    Ok(Response::new(Full::new(Bytes::from(said))))
+}
+
+fn config(services: &[(&str, String)]) -> TempConfig {
+    let mut toml = String::new();
+    for (name, url) in services {
+        toml += &format!("[services.{name}]\nurls = [\"{url}\"]\n");
+    }
+    for (name, _) in services {
+        toml += &format!("[[routes]]\nprefix = \"/{name}\"\nservice = \"{name}\"\nauth = \"none\"\n");
+    }
+    TempConfig::new(&toml)
+}
+
+/// The binary on `config`, with `SSL_CERT_FILE` set to `cert_file` or unset.
+async fn start(config: &TempConfig, cert_file: Option<&Path>) -> (Proc, SocketAddr) {
+    let addr = free_addr();
+    let mut cmd = run_command(config.path(), addr);
+    cmd.env_remove("SSL_CERT_DIR");
+    match cert_file {
+        Some(file) => cmd.env("SSL_CERT_FILE", file),
+        None => cmd.env_remove("SSL_CERT_FILE"),
+    };
+    let mut proc = Proc::spawn(cmd);
+    proc.wait_ready(addr).await;
+    (proc, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_backends_a_trusted_ca_signed_are_reached_over_h2_and_http1() {
+    let h2 = backend("loopback", &[b"h2", b"http/1.1"]).await;
+    let http1 = backend("loopback", &[b"http/1.1"]).await;
+    let config = config(&[
+        ("h2", format!("https://127.0.0.1:{}", h2.port())),
+        // By name: the certificate names `localhost` too.
+        ("http1", format!("https://localhost:{}", http1.port())),
+    ]);
+    let (_proc, addr) = start(&config, Some(&fixture("ca.pem"))).await;
+    let http = client();
+    for round in 0..3 {
+        // Several requests each: the second and third go on the connection the first opened.
+        let answer = http
+            .post(format!("http://{addr}/h2/items?x=1"))
+            .body(format!("round {round}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(
+            answer.text().await.unwrap(),
+            format!("HTTP/2.0 POST /h2/items round {round}")
+        );
+        let answer = http
+            .get(format!("http://{addr}/http1/items"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.unwrap(), "HTTP/1.1 GET /http1/items ");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_certificate_the_gateway_cannot_verify_gets_502() {
+    let trusted_ca_wrong_name = backend("elsewhere", &[b"http/1.1"]).await;
+    let unknown_ca = backend("loopback", &[b"h2", b"http/1.1"]).await;
+    let wrong_name = config(&[(
+        "api",
+        format!("https://127.0.0.1:{}", trusted_ca_wrong_name.port()),
+    )]);
+    let (_proc, addr) = start(&wrong_name, Some(&fixture("ca.pem"))).await;
+    let answer = client().get(format!("http://{addr}/api")).send().await.unwrap();
+    error_body(answer, 502, "UPSTREAM_UNAVAILABLE").await;
+
+    // Without SSL_CERT_FILE the system's store is used, and it does not hold the test CA.
+    let unknown = config(&[("api", format!("https://127.0.0.1:{}", unknown_ca.port()))]);
+    let (_proc, addr) = start(&unknown, None).await;
+    let answer = client().get(format!("http://{addr}/api")).send().await.unwrap();
+    error_body(answer, 502, "UPSTREAM_UNAVAILABLE").await;
+}
+
+#[test]
+fn an_unreadable_ssl_cert_file_is_a_config_error_for_https_services_only() {
+    let check = |config: &TempConfig| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("check")
+            .arg("--config")
+            .arg(config.path())
+            .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+            .env_remove("SSL_CERT_DIR");
+        let mut proc = Proc::spawn(cmd);
+        let status = proc
+            .wait_blocking(START_DEADLINE)
+            .expect("`check` did not finish");
+        (status, proc.stderr())
+    };
+    let https = config(&[("api", "https://127.0.0.1:9".to_owned())]);
+    let (status, stderr) = check(&https);
+    assert!(!status.success());
+    let expected = format!(
+        "{}:1:11: error: cannot create the HTTP client for service \"api\"",
+        https.name()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("SSL_CERT_FILE=/nonexistent/ca.pem"), "{stderr}");
+
+    // A service reached over plain http never reads the trust store.
+    let plain = config(&[("api", "http://127.0.0.1:9".to_owned())]);
+    let (status, stderr) = check(&plain);
+    assert!(status.success(), "{stderr}");
+}
