@@ -34,11 +34,6 @@ pub fn number_value(n: u64) -> HeaderValue {
     shared_value(text.format(n).as_bytes()).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
-/// The body length a message declares in `Content-Length`, if it is a number.
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
 /// Removes every header named in `names` that `headers` has. Most requests carry none of them:
 /// one pass over the request's names finds that (comparing only names of a length in `names`),
 /// where a removal for each would hash every name.

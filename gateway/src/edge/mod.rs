@@ -31,7 +31,7 @@ use crate::snapshot::Snapshot;
 use crate::telemetry::trace::{RequestTrace, SpanBody, span};
 use crate::telemetry::{access, metrics};
 use forwarded::ClientAddr;
-use headers::{declared_length, strip_hop_by_hop};
+use headers::strip_hop_by_hop;
 use request_id::X_REQUEST_ID;
 use tracing::Instrument;
 
@@ -179,12 +179,12 @@ impl Gateway {
 
         // Request smuggling: a body whose framing could be read two ways is refused rather than
         // reinterpreted, so the upstream (which gets a re-framed body) and we always agree.
-        reject_ambiguous_framing(request.headers())?;
+        let declared = framing(request.headers())?;
 
         // Body limit: a declared length over the limit is refused before a byte is read; a
         // chunked body is cut off (and answered with 413) when it crosses the limit.
         let max_body_size = server.max_body_size;
-        if declared_length(request.headers()).is_some_and(|len| len > max_body_size) {
+        if declared.is_some_and(|len| len > max_body_size) {
             return Err(GatewayError::PayloadTooLarge { limit: max_body_size });
         }
         let limit = usize::try_from(max_body_size).unwrap_or(usize::MAX);
@@ -290,8 +290,9 @@ struct Seen {
 /// allows no transfer-coding at all; this check stays as the pipeline's own guarantee, whatever
 /// the listener: a repeated Content-Length (even with equal values) and transfer-codings other
 /// than a plain `chunked`, whose body would otherwise reach the upstream still coded and
-/// unlabeled, are refused.
-fn reject_ambiguous_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
+/// unlabeled, are refused, as is a Content-Length that is not a plain number. Returns the length
+/// the request declares.
+fn framing(headers: &HeaderMap) -> Result<Option<u64>, GatewayError> {
     let mut te = headers.get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = te.next()
         && (te.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
@@ -306,5 +307,5 @@ fn reject_ambiguous_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
             "a request must carry one Content-Length or Transfer-Encoding: chunked",
         ));
     }
-    Ok(())
+    crate::http1::content_length(headers).map_err(GatewayError::BadRequest)
 }

@@ -37,8 +37,8 @@ mod window;
 
 use crate::body::Holding;
 use crate::config::{HealthCheckConfig, ServiceConfig};
-use crate::edge::headers::declared_length;
 use crate::error::GatewayError;
+use crate::http1::content_length;
 use crate::snapshot::{StartOnce, spawn_background};
 use crate::telemetry::metrics;
 use crate::telemetry::trace::{self, SpanBody, span};
@@ -460,7 +460,12 @@ impl Upstream {
         let Some(body) = body else {
             return Ok(Payload::Empty);
         };
-        if !replay || declared_length(headers).is_none_or(|len| len > self.retry.config.max_body) {
+        if !replay
+            || content_length(headers)
+                .ok()
+                .flatten()
+                .is_none_or(|len| len > self.retry.config.max_body)
+        {
             return Ok(Payload::Stream(Some(body)));
         }
         match tokio::time::timeout_at(deadline, body.collect()).await {
