@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use super::headers::{remove_present, shared_value};
+use super::request_id::X_REQUEST_ID;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -78,13 +79,19 @@ fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
         .into_iter()
 }
 
-/// The `X-Forwarded-*` headers a request goes upstream with, in the order they are sent; the
-/// client's own copies are removed from `headers` (the caller sends these instead).
+/// The `X-Forwarded-*` headers a request goes upstream with, then its `request_id`, in the
+/// order they are sent; the client's own copies are removed from `headers` (the caller sends
+/// these instead), in one pass over its names.
 ///
 /// From a trusted proxy, the chain it sent is extended with the peer, and its `-Proto` and
 /// `-Host` stand; from anyone else, the gateway states all three, and `Forwarded` and
 /// `X-Real-IP` go as well.
-pub fn forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: &Uri) -> Forwarded {
+pub fn forwarded_headers(
+    headers: &mut HeaderMap,
+    client: &ClientAddr,
+    uri: &Uri,
+    request_id: HeaderValue,
+) -> Forwarded {
     let peer = ip_value(client.peer);
     let mut set = Forwarded::new();
     if client.peer_trusted {
@@ -109,7 +116,7 @@ pub fn forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: &Uri
         {
             set.push((&X_FORWARDED_HOST, host));
         }
-        remove_present(headers, &FORWARDED_FOR_PROTO_HOST[..3]);
+        remove_present(headers, &SET_UPSTREAM[..4]);
     } else {
         set.push((&X_FORWARDED_FOR, peer));
         set.push((&X_FORWARDED_PROTO, HeaderValue::from_static("http")));
@@ -117,21 +124,22 @@ pub fn forwarded_headers(headers: &mut HeaderMap, client: &ClientAddr, uri: &Uri
             set.push((&X_FORWARDED_HOST, host));
         }
         // An untrusted peer's claims all go.
-        remove_present(headers, &FORWARDED_FOR_PROTO_HOST);
+        remove_present(headers, &SET_UPSTREAM);
     }
+    set.push((&X_REQUEST_ID, request_id));
     set
 }
 
-/// What [`forwarded_headers`] returns: at most three, kept inline with room for the request id
-/// the proxy sends after them.
+/// What [`forwarded_headers`] returns: at most four, kept inline.
 pub type Forwarded = SmallVec<[(&'static HeaderName, HeaderValue); 4]>;
 
-/// The forwarding headers a client may send: the three the gateway sets, then the two it
-/// drops from untrusted peers.
-static FORWARDED_FOR_PROTO_HOST: [HeaderName; 5] = [
+/// The headers the gateway sends upstream in place of the client's: the three forwarding
+/// headers and the request id, then the two forwarding headers it drops from untrusted peers.
+static SET_UPSTREAM: [HeaderName; 6] = [
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-request-id"),
     FORWARDED,
     HeaderName::from_static("x-real-ip"),
 ];
@@ -224,13 +232,20 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("host", "gw"),
         ]);
-        let set = forwarded_headers(&mut h, &c, &Uri::from_static("/x"));
+        h.insert("x-request-id", "theirs".parse().unwrap());
+        let set = forwarded_headers(
+            &mut h,
+            &c,
+            &Uri::from_static("/x"),
+            HeaderValue::from_static("ours"),
+        );
         assert_eq!(
             sent(&set),
             [
                 ("x-forwarded-for", "203.0.113.9"),
                 ("x-forwarded-proto", "http"),
-                ("x-forwarded-host", "gw")
+                ("x-forwarded-host", "gw"),
+                ("x-request-id", "ours"),
             ]
         );
         assert_eq!(h.keys().collect::<Vec<_>>(), ["host"]);
@@ -248,13 +263,19 @@ mod tests {
         assert_eq!(c.ip, "198.51.100.7".parse::<IpAddr>().unwrap());
         let mut h = h.clone();
         h.insert("x-real-ip", "198.51.100.7".parse().unwrap());
-        let set = forwarded_headers(&mut h, &c, &Uri::from_static("http://gw.example/x"));
+        let set = forwarded_headers(
+            &mut h,
+            &c,
+            &Uri::from_static("http://gw.example/x"),
+            HeaderValue::from_static("id"),
+        );
         assert_eq!(
             sent(&set),
             [
                 ("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1, 10.0.0.2"),
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "gw.example"),
+                ("x-request-id", "id"),
             ]
         );
         assert_eq!(h.keys().collect::<Vec<_>>(), ["x-real-ip"]);

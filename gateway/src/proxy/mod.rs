@@ -13,8 +13,7 @@ use tokio::time::Instant;
 
 use crate::edge::RequestContext;
 use crate::edge::forwarded::forwarded_headers;
-use crate::edge::headers::{remove_present, strip_hop_by_hop};
-use crate::edge::request_id::X_REQUEST_ID;
+use crate::edge::headers::strip_hop_by_hop;
 use crate::error::GatewayError;
 use crate::routing::Route;
 use crate::server::RequestBody;
@@ -37,9 +36,7 @@ pub async fn forward(
     // The upstream's own authority goes in Host (the upstream layer writes it); the client's is
     // kept in X-Forwarded-Host. The gateway's own headers are sent after the client's, not
     // inserted into their map: a custom name is hashed byte by byte on every insert.
-    let mut set = forwarded_headers(headers, &ctx.client, &parts.uri);
-    remove_present(headers, std::slice::from_ref(&X_REQUEST_ID));
-    set.push((&X_REQUEST_ID, ctx.request_id.clone()));
+    let set = forwarded_headers(headers, &ctx.client, &parts.uri, ctx.request_id.clone());
     // The backend joins the client's trace, or one of this request's own (an attempt's span
     // replaces it when traces are exported).
     headers.insert(TRACEPARENT, ctx.traceparent.clone());
