@@ -1,7 +1,7 @@
 //! `https` upstreams: the real binary against TLS backends on loopback whose certificates a test
 //! CA signed (`tests/fixtures/tls`, made by its `make.sh`). The gateway trusts Mozilla's roots
-//! and the system's store, or the bundle `SSL_CERT_FILE` names instead of the latter; it
-//! negotiates HTTP/2 or HTTP/1.1 by ALPN, and refuses a certificate it cannot verify.
+//! and the system's store, or only the bundle `SSL_CERT_FILE` names; it negotiates HTTP/2 or
+//! HTTP/1.1 by ALPN, and refuses a certificate it cannot verify.
 
 mod common;
 
@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::process::{BIN, Proc, START_DEADLINE, TempConfig, free_addr, run_command};
-use common::{client, error_body};
+use common::{client, error_body, eventually};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
@@ -30,8 +31,9 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// A TLS backend presenting `cert` (`loopback` or `elsewhere`) and offering `alpn`; it answers
-/// every request with the HTTP version, method, path and body it received.
-async fn backend(cert: &str, alpn: &[&[u8]]) -> SocketAddr {
+/// every request with the HTTP version, method, path and body it received, and counts the
+/// handshakes that succeeded.
+async fn backend(cert: &str, alpn: &[&[u8]]) -> (SocketAddr, Arc<AtomicUsize>) {
     let chain = CertificateDer::pem_file_iter(fixture(&format!("{cert}.pem")))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -48,24 +50,28 @@ async fn backend(cert: &str, alpn: &[&[u8]]) -> SocketAddr {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = handshakes.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
             let acceptor = acceptor.clone();
+            let counted = counted.clone();
             tokio::spawn(async move {
                 // A client that refuses the certificate ends the handshake: nothing to serve.
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                counted.fetch_add(1, Ordering::Relaxed);
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service_fn(echo))
                     .await;
             });
         }
     });
-    addr
+    (addr, handshakes)
 }
 
 async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
@@ -96,7 +102,8 @@ fn config(services: &[(&str, String)]) -> TempConfig {
 async fn start(config: &TempConfig, cert_file: Option<&Path>) -> (Proc, SocketAddr) {
     let addr = free_addr();
     let mut cmd = run_command(config.path(), addr);
-    cmd.env_remove("SSL_CERT_DIR");
+    // The gateway's default log level, which records why a backend was refused.
+    cmd.env_remove("SSL_CERT_DIR").env_remove("RUST_LOG");
     match cert_file {
         Some(file) => cmd.env("SSL_CERT_FILE", file),
         None => cmd.env_remove("SSL_CERT_FILE"),
@@ -108,8 +115,8 @@ async fn start(config: &TempConfig, cert_file: Option<&Path>) -> (Proc, SocketAd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_backends_a_trusted_ca_signed_are_reached_over_h2_and_http1() {
-    let h2 = backend("loopback", &[b"h2", b"http/1.1"]).await;
-    let http1 = backend("loopback", &[b"http/1.1"]).await;
+    let (h2, h2_handshakes) = backend("loopback", &[b"h2", b"http/1.1"]).await;
+    let (http1, http1_handshakes) = backend("loopback", &[b"http/1.1"]).await;
     let config = config(&[
         ("h2", format!("https://127.0.0.1:{}", h2.port())),
         // By name: the certificate names `localhost` too.
@@ -138,25 +145,44 @@ async fn https_backends_a_trusted_ca_signed_are_reached_over_h2_and_http1() {
         assert_eq!(answer.status(), 200);
         assert_eq!(answer.text().await.unwrap(), "HTTP/1.1 GET /http1/items ");
     }
+    // One connection each: HTTP/2 multiplexes, HTTP/1.1 goes back to the idle list.
+    assert_eq!(h2_handshakes.load(Ordering::Relaxed), 1);
+    assert_eq!(http1_handshakes.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_certificate_the_gateway_cannot_verify_gets_502() {
-    let trusted_ca_wrong_name = backend("elsewhere", &[b"http/1.1"]).await;
-    let unknown_ca = backend("loopback", &[b"h2", b"http/1.1"]).await;
-    let wrong_name = config(&[(
-        "api",
-        format!("https://127.0.0.1:{}", trusted_ca_wrong_name.port()),
-    )]);
-    let (_proc, addr) = start(&wrong_name, Some(&fixture("ca.pem"))).await;
-    let answer = client().get(format!("http://{addr}/api")).send().await.unwrap();
-    error_body(answer, 502, "UPSTREAM_UNAVAILABLE").await;
-
-    // Without SSL_CERT_FILE the system's store is used, and it does not hold the test CA.
-    let unknown = config(&[("api", format!("https://127.0.0.1:{}", unknown_ca.port()))]);
-    let (_proc, addr) = start(&unknown, None).await;
-    let answer = client().get(format!("http://{addr}/api")).send().await.unwrap();
-    error_body(answer, 502, "UPSTREAM_UNAVAILABLE").await;
+    let (elsewhere, _) = backend("elsewhere", &[b"http/1.1"]).await;
+    let (loopback, _) = backend("loopback", &[b"h2", b"http/1.1"]).await;
+    // Signed by the trusted CA, but for another name than the URL's, by IP or by name; then a
+    // certificate for the right name that only the test CA, not trusted here, signed.
+    let cases = [
+        (
+            format!("https://127.0.0.1:{}", elsewhere.port()),
+            Some(fixture("ca.pem")),
+            "not valid for name",
+        ),
+        (
+            format!("https://localhost:{}", elsewhere.port()),
+            Some(fixture("ca.pem")),
+            "not valid for name",
+        ),
+        (
+            format!("https://127.0.0.1:{}", loopback.port()),
+            None,
+            "UnknownIssuer",
+        ),
+    ];
+    for (url, cert_file, why) in cases {
+        let config = config(&[("api", url.clone())]);
+        let (proc, addr) = start(&config, cert_file.as_deref()).await;
+        let answer = client().get(format!("http://{addr}/api")).send().await.unwrap();
+        error_body(answer, 502, "UPSTREAM_UNAVAILABLE").await;
+        eventually(&format!("the log says why {url} was refused"), async || {
+            proc.stderr().contains(why)
+        })
+        .await;
+    }
 }
 
 #[test]
