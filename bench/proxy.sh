@@ -455,6 +455,9 @@ for t in targets:
 def verdict(ok):
     return "PASS" if ok else "FAIL"
 
+# How far a reference target's rate may move between rounds before the run counts as noisy.
+NOISY = 0.15
+
 print("medians")
 print(f"{'target':<10} {'req/s':>12} {'p99 ms':>10} {'errors':>7} {'cpu us/req':>10}")
 for t in targets:
@@ -520,4 +523,12 @@ if open_rows:
         print("WARNING: some open-loop runs had non-2xx responses or errors")
 if any(errors.values()):
     print("WARNING: some runs had non-2xx responses or socket errors; see the errors column")
+# The references do the same work every round: when their rates move, the host moved them.
+for t in ("direct", "nginx-bare"):
+    rates = [float(r[2]) for r in rows if r[1] == t]
+    spread = (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 and min(rates) else 0.0
+    if spread > NOISY:
+        print(f"WARNING: a noisy host: {t} ranged {min(rates):.0f}-{max(rates):.0f} req/s across rounds "
+              f"({spread:.0%} of its median, over {NOISY:.0%}); read the ratios with care and the "
+              f"p99s not at all, or rerun on a quieter machine")
 EOF
