@@ -867,6 +867,21 @@ async fn shutdown_closes_idle_connections_at_once() {
     idle.expect_closed().await;
 }
 
+/// A connection that has not sent a byte has no request in flight: the drain closes it at once
+/// rather than waiting for `header_read_timeout` (a minute here) to.
+#[tokio::test]
+async fn shutdown_closes_a_connection_that_never_spoke() {
+    let (gw, _) = start("shutdown_timeout = \"60s\"\nheader_read_timeout = \"60s\"").await;
+    let mut silent = Wire::open(gw.addr).await;
+    // Accepted and waiting for its first bytes before the drain starts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    timeout(Duration::from_secs(20), gw.shutdown())
+        .await
+        .expect("shutdown waited on a connection that never spoke")
+        .unwrap();
+    silent.expect_closed().await;
+}
+
 /// A request in flight when shutdown begins still gets its answer, saying `connection: close`,
 /// then its connection closes and shutdown completes.
 #[tokio::test]

@@ -103,6 +103,19 @@ impl Drain {
     fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
+
+    /// Resolves once the drain has started.
+    pub async fn started(&self) {
+        loop {
+            // Waiting from its creation on (`notify_waiters` wakes it even before a poll), so
+            // a start between the check and the wait is not missed.
+            let notified = self.notify.notified();
+            if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Why a request body could not be read.

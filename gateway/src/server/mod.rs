@@ -132,7 +132,7 @@ impl Connections {
 /// and counted in `connections`; at most `max_connections` are open at once. A connection's first
 /// bytes must tell its protocol within `header_read_timeout` (see [`first_bytes`]); then each
 /// HTTP/1 request head gets as long again ([`HeadTimer`]). The listener is closed on return, and
-/// connections still waiting for their first bytes are dropped.
+/// connections still waiting for their first bytes close when the drain starts.
 async fn accept<S, B>(
     listener: TcpListener,
     header_read_timeout: Duration,
@@ -152,9 +152,8 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30));
     let slots = Arc::new(Semaphore::new(max_connections));
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
-    let result = loop {
+    loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
@@ -183,11 +182,12 @@ where
             connections.http2.watcher(),
             http2.clone(),
         );
-        let mut stopped = stopped.clone();
         connections.tasks.spawn(async move {
+            // A connection that has not said which protocol it speaks when the drain starts has
+            // no request in flight: it closes.
             let spoke = tokio::select! {
                 spoke = first_bytes(&stream, header_read_timeout) => spoke,
-                _ = stopped.wait_for(|stopping| *stopping) => None,
+                () = drain.started() => None,
             };
             let served = match spoke {
                 Some(Protocol::Http1) => {
@@ -217,9 +217,7 @@ where
             }
             drop(slot);
         });
-    };
-    let _ = stopping.send(true);
-    result
+    }
 }
 
 /// Waits until a new connection's first bytes tell HTTP/1 from the h2c preface; `None` when they
