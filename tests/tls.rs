@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -148,6 +149,40 @@ async fn https_backends_a_trusted_ca_signed_are_reached_over_h2_and_http1() {
     // One connection each: HTTP/2 multiplexes, HTTP/1.1 goes back to the idle list.
     assert_eq!(h2_handshakes.load(Ordering::Relaxed), 1);
     assert_eq!(http1_handshakes.load(Ordering::Relaxed), 1);
+}
+
+/// `Expect: 100-continue` in front of an HTTP/2 backend, whose client reads the request body in
+/// a task of its own (on another thread of the gateway's runtime): the client gets its `100
+/// Continue`, sends the body, and gets the backend's answer after it, nothing interleaved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_reaches_an_h2_backend() {
+    let (h2, _) = backend("loopback", &[b"h2"]).await;
+    let config = config(&[("h2", format!("https://127.0.0.1:{}", h2.port()))]);
+    let (_proc, addr) = start(&config, Some(&fixture("ca.pem"))).await;
+    for _ in 0..20 {
+        let mut wire = tokio::net::TcpStream::connect(addr).await.unwrap();
+        wire.write_all(
+            b"POST /h2/up HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = wire.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the interim response");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"HTTP/1.1 100 Continue\r\n\r\n");
+        wire.write_all(b"hello").await.unwrap();
+        let mut answer = String::new();
+        while !answer.ends_with("HTTP/2.0 POST /h2/up hello") {
+            let n = wire.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer: {answer:?}");
+            answer.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

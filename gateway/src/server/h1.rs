@@ -137,10 +137,64 @@ struct Shared {
     /// Signalled when the body hands the read side back (it may live in another task: hyper's
     /// HTTP/2 client reads request bodies in a task of its own).
     handed_back: Notify,
-    /// Set once the answer's head is queued: a `100 Continue` would come too late.
-    answered: AtomicBool,
-    /// How much of a `100 Continue` went out: the answer's head writes the rest first.
-    continue_sent: AtomicUsize,
+    /// Who writes the `100 Continue`, and how much of it went out.
+    continued: Continue,
+}
+
+/// A `100 Continue` is written by the request body, when the service first asks for body bytes,
+/// until the answer is ready; then the answer's head writes what is left of a started one, and
+/// the body nothing more. One atomic word holds the bytes sent, "answered" and "the body is
+/// writing": hyper's HTTP/2 client polls request bodies in a task of its own, which on a
+/// multi-thread runtime runs beside the connection's, and the body's "not answered yet, write"
+/// must not interleave with the head's "how much went out?" (an interim response after the
+/// final one would corrupt the exchange).
+#[derive(Debug, Default)]
+struct Continue(AtomicUsize);
+
+const ANSWERED: usize = 1 << (usize::BITS - 1);
+const WRITING: usize = 1 << (usize::BITS - 2);
+
+impl Continue {
+    /// Whether the body still has some of a `100 Continue` to write.
+    fn pending(&self) -> bool {
+        let state = self.0.load(Ordering::Acquire);
+        state & ANSWERED == 0 && state & !WRITING < CONTINUE.len()
+    }
+
+    /// The body is about to write: how much went out already; `None` when the answer came first
+    /// or all of it went out. Must be followed by [`Continue::wrote`] without an `.await`.
+    fn claim(&self) -> Option<usize> {
+        let mut state = self.0.load(Ordering::Acquire);
+        loop {
+            if state & ANSWERED != 0 || state >= CONTINUE.len() {
+                return None;
+            }
+            match self
+                .0
+                .compare_exchange_weak(state, state | WRITING, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(state),
+                Err(now) => state = now,
+            }
+        }
+    }
+
+    /// The body wrote `n` more bytes (0 if the socket took none) and lets go.
+    fn wrote(&self, n: usize) {
+        self.0.fetch_sub(WRITING - n, Ordering::AcqRel);
+    }
+
+    /// The answer is ready, and the body writes no more: how much of the interim response went
+    /// out; `None` while the body is in the middle of a (non-blocking) write: ask again.
+    fn answer(&self) -> Option<usize> {
+        let before = self.0.fetch_or(ANSWERED, Ordering::AcqRel);
+        (before & WRITING == 0).then_some(before & !ANSWERED)
+    }
+
+    /// A new exchange.
+    fn reset(&self) {
+        self.0.store(0, Ordering::Release);
+    }
 }
 
 /// The connection's read side with its buffer, lent to a request body.
@@ -260,20 +314,19 @@ impl RequestBody {
             }
             // More bytes are needed; a client waiting for `100 Continue` gets it first, unless
             // the answer is already on its way.
-            if r.expects_continue && !r.shared.answered.load(Ordering::Acquire) {
+            if r.expects_continue {
                 let socket: &TcpStream = r.read.as_ref();
-                loop {
-                    let sent = r.shared.continue_sent.load(Ordering::Acquire);
-                    if sent >= CONTINUE.len() {
-                        break;
-                    }
+                let continued = &r.shared.continued;
+                while continued.pending() {
                     ready!(socket.poll_write_ready(cx)).map_err(BodyError::Read)?;
-                    match socket.try_write(&CONTINUE[sent..]) {
-                        Ok(n) => {
-                            r.shared.continue_sent.fetch_add(n, Ordering::AcqRel);
+                    let Some(sent) = continued.claim() else { break };
+                    let written = socket.try_write(&CONTINUE[sent..]);
+                    continued.wrote(*written.as_ref().unwrap_or(&0));
+                    match written {
+                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                            return Poll::Ready(Some(Err(BodyError::Read(e))));
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Poll::Ready(Some(Err(BodyError::Read(e)))),
+                        _ => {}
                     }
                 }
             }
@@ -407,8 +460,7 @@ where
     loop {
         // A new exchange: nothing of the last one's `100 Continue` may precede this answer,
         // even a refusal's.
-        shared.answered.store(false, Ordering::Release);
-        shared.continue_sent.store(0, Ordering::Release);
+        shared.continued.reset();
         let Some(read) = conn.read.as_mut() else {
             return Ok(());
         };
@@ -794,8 +846,13 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    shared.answered.store(true, Ordering::Release);
-    let continued = shared.continue_sent.load(Ordering::Acquire).min(CONTINUE.len());
+    // The body may be mid-write on another thread (a syscall that does not block): wait it out.
+    let continued = loop {
+        match shared.continued.answer() {
+            Some(sent) => break sent.min(CONTINUE.len()),
+            None => std::hint::spin_loop(),
+        }
+    };
     let cut_short = if continued > 0 {
         &CONTINUE[continued..]
     } else {
@@ -1063,5 +1120,39 @@ mod date {
             }
             out.extend_from_slice(rendered);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interim_response_and_the_answer_never_interleave() {
+        let c = Continue::default();
+        // The body starts writing; the answer, ready meanwhile, waits for that write to end...
+        assert_eq!(c.claim(), Some(0));
+        assert_eq!(c.answer(), None);
+        c.wrote(10);
+        // ...then writes the other 15 bytes itself, and the body writes no more.
+        assert_eq!(c.answer(), Some(10));
+        assert!(!c.pending());
+        assert_eq!(c.claim(), None);
+
+        // Answered before the body asked: no interim response at all.
+        c.reset();
+        assert!(c.pending());
+        assert_eq!(c.answer(), Some(0));
+        assert_eq!(c.claim(), None);
+
+        // Written whole in two goes (the socket took part of it), then answered.
+        c.reset();
+        assert_eq!(c.claim(), Some(0));
+        c.wrote(5);
+        assert_eq!(c.claim(), Some(5));
+        c.wrote(CONTINUE.len() - 5);
+        assert!(!c.pending());
+        assert_eq!(c.claim(), None);
+        assert_eq!(c.answer(), Some(CONTINUE.len()));
     }
 }
