@@ -155,10 +155,15 @@ const ANSWERED: usize = 1 << (usize::BITS - 1);
 const WRITING: usize = 1 << (usize::BITS - 2);
 
 impl Continue {
+    /// Whether, in `state`, the body may write more of the interim response: not answered, not
+    /// writing already, and not all of it out.
+    fn open(state: usize) -> bool {
+        state & ANSWERED == 0 && state < CONTINUE.len()
+    }
+
     /// Whether the body still has some of a `100 Continue` to write.
     fn pending(&self) -> bool {
-        let state = self.0.load(Ordering::Acquire);
-        state & ANSWERED == 0 && state & !WRITING < CONTINUE.len()
+        Self::open(self.0.load(Ordering::Acquire))
     }
 
     /// The body is about to write: how much went out already; `None` when the answer came first
@@ -166,7 +171,7 @@ impl Continue {
     fn claim(&self) -> Option<usize> {
         let mut state = self.0.load(Ordering::Acquire);
         loop {
-            if state & ANSWERED != 0 || state >= CONTINUE.len() {
+            if !Self::open(state) {
                 return None;
             }
             match self
@@ -321,12 +326,11 @@ impl RequestBody {
                     ready!(socket.poll_write_ready(cx)).map_err(BodyError::Read)?;
                     let Some(sent) = continued.claim() else { break };
                     let written = socket.try_write(&CONTINUE[sent..]);
-                    continued.wrote(*written.as_ref().unwrap_or(&0));
-                    match written {
-                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
-                            return Poll::Ready(Some(Err(BodyError::Read(e))));
-                        }
-                        _ => {}
+                    continued.wrote(written.as_ref().map_or(0, |n| *n));
+                    if let Err(e) = written
+                        && e.kind() != io::ErrorKind::WouldBlock
+                    {
+                        return Poll::Ready(Some(Err(BodyError::Read(e))));
                     }
                 }
             }

@@ -7,11 +7,12 @@
 //! own client codec (`h1`), driven by the request's task, and HTTP/2 (ALPN over TLS) through
 //! hyper's. The service's connect timeout, http and https (rustls; the trusted roots are `tls`'s),
 //! redirects passed back to the client rather than followed, and no system proxy (`HTTP_PROXY`
-//! in the environment must not silently reroute backend traffic). Neither reqwest nor a pooled client is on this path:
-//! reqwest parses a URL and copies the header map for its redirect bookkeeping on every request,
-//! hyper-util's pooled client hashes a pool key and spawns a task per request, and hyper's own
-//! HTTP/1.1 connection runs in a task of its own that every request and response crosses channels
-//! to reach; all of them cost measured throughput (see bench/README.md).
+//! in the environment must not silently reroute backend traffic). Neither reqwest nor a pooled
+//! client is on this path: reqwest parses a URL and copies the header map for its redirect
+//! bookkeeping on every request, hyper-util's pooled client hashes a pool key and spawns a task
+//! per request, and hyper's own HTTP/1.1 connection runs in a task of its own that every request
+//! and response crosses channels to reach; all of them cost measured throughput (see
+//! bench/README.md).
 
 use std::error::Error as StdError;
 use std::pin::pin;
