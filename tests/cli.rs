@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use common::process::{BIN, Proc, START_DEADLINE, TempConfig, free_addr, run_command};
+use common::process::{
+    BIN, Proc, START_DEADLINE, TempConfig, check_command, free_addr, run_command, run_to_end,
+};
 use common::{USERS, client, demo, demo_token, error_body};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -22,16 +24,11 @@ use tokio::sync::{Notify, mpsc};
 
 /// Runs `gateway-cli check --config <path>` to the end (bounded); returns (status, stdout, stderr).
 fn check(path: &Path, env_remove: &[&str]) -> (ExitStatus, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("check").arg("--config").arg(path);
+    let mut cmd = check_command(path);
     for name in env_remove {
         cmd.env_remove(name);
     }
-    let mut proc = Proc::spawn(cmd);
-    let status = proc
-        .wait_blocking(START_DEADLINE)
-        .unwrap_or_else(|| panic!("`check` did not finish within {START_DEADLINE:?}"));
-    (status, proc.stdout(), proc.stderr())
+    run_to_end(cmd)
 }
 
 /// `gateway-cli run --config <config> --listen <addr>`.

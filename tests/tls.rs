@@ -7,11 +7,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::process::{BIN, Proc, START_DEADLINE, TempConfig, free_addr, run_command};
+use common::process::{Proc, TempConfig, check_command, free_addr, run_command, run_to_end};
 use common::{client, error_body, eventually};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -223,17 +222,11 @@ async fn a_backend_certificate_the_gateway_cannot_verify_gets_502() {
 #[test]
 fn an_unreadable_ssl_cert_file_is_a_config_error_for_https_services_only() {
     let check = |config: &TempConfig| {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("check")
-            .arg("--config")
-            .arg(config.path())
-            .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        let mut cmd = check_command(config.path());
+        cmd.env("SSL_CERT_FILE", "/nonexistent/ca.pem")
             .env_remove("SSL_CERT_DIR");
-        let mut proc = Proc::spawn(cmd);
-        let status = proc
-            .wait_blocking(START_DEADLINE)
-            .expect("`check` did not finish");
-        (status, proc.stderr())
+        let (status, _, stderr) = run_to_end(cmd);
+        (status, stderr)
     };
     let https = config(&[("api", "https://127.0.0.1:9".to_owned())]);
     let (status, stderr) = check(&https);

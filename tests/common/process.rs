@@ -207,6 +207,23 @@ pub fn run_command(config: &Path, addr: SocketAddr) -> Command {
     cmd
 }
 
+/// `gateway-cli check --config <config>`, to run (with more settings if needed) by
+/// [`run_to_end`].
+pub fn check_command(config: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check").arg("--config").arg(config);
+    cmd
+}
+
+/// Runs `cmd` to its end, at most [`START_DEADLINE`]; returns (status, stdout, stderr).
+pub fn run_to_end(cmd: Command) -> (ExitStatus, String, String) {
+    let mut proc = Proc::spawn(cmd);
+    let status = proc
+        .wait_blocking(START_DEADLINE)
+        .unwrap_or_else(|| panic!("{BIN} did not finish within {START_DEADLINE:?}"));
+    (status, proc.stdout(), proc.stderr())
+}
+
 /// A loopback address nothing listens on right now: bind port 0, read the port, close.
 pub fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
