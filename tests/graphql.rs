@@ -11,19 +11,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::graphql::{
-    Backend, Seen, graphql_table, json_reply, post, post_with, read, schema_dir, schema_files,
-};
+use common::graphql::{Backend, Seen, graphql_table, json_reply, post, post_with, read, schema_dir};
+use common::process::{check_command, run_to_end};
 use common::{client, dead_url, error_body, eventually, gateway, hs256_token, send_in_time, unix_now};
 use gateway::RunningServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tempfile::TempDir;
 use tokio::sync::watch;
 
 const ISS: &str = "https://id.test";
@@ -44,8 +43,10 @@ async fn start(sdl: &str, services: &[(&str, &str)], graphql_extra: &str, rest: 
             "\n[services.{name}]\nurls = [\"{url}\"]\ntimeout = \"5s\"\n"
         ));
     }
-    toml.push_str(&graphql_table(&schema_dir(sdl), graphql_extra));
+    let schema = schema_dir(sdl);
+    toml.push_str(&graphql_table(schema.path(), graphql_extra));
     toml.push_str(rest);
+    // The schema is read once, at start: its directory may go when this returns.
     gateway(&toml).await
 }
 
@@ -1486,45 +1487,34 @@ type User {
 // ---------------------------------------------------------------------------------------------
 // 15. gateway check
 
-/// Runs `gateway-cli check --config <path>`; returns (exit code, stderr).
+/// Runs `gateway-cli check --config <path>`; returns (exit code, stdout, stderr).
 fn check(config: &Path) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-cli"))
-        .arg("check")
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("`gateway check` did not finish in 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (status, stdout, stderr) = run_to_end(check_command(config));
+    (status.code(), stdout, stderr)
 }
 
-/// A config file next to a `schema` directory holding `files`; returns the config's path.
-fn config_with_schema(files: &[(&str, &str)]) -> std::path::PathBuf {
-    let schema = schema_files(files);
-    let config = schema.with_extension("toml");
+/// A directory holding a `schema` directory of `files` and a config naming it, removed when the
+/// returned guard drops; returns the guard and the config's path.
+fn config_with_schema(files: &[(&str, &str)]) -> (TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("gateway-graphql-test-")
+        .tempdir()
+        .unwrap();
+    let schema = dir.path().join("schema");
+    std::fs::create_dir(&schema).unwrap();
+    for (name, text) in files {
+        std::fs::write(schema.join(name), text).unwrap();
+    }
+    let config = dir.path().join("routes.toml");
     std::fs::write(
         &config,
         format!(
-            "[services.svc]\nurls = [\"http://127.0.0.1:9\"]\n\n[graphql]\nschema = {}\n",
-            serde_json::to_string(schema.to_str().unwrap()).unwrap()
+            "[services.svc]\nurls = [\"http://127.0.0.1:9\"]\n{}",
+            graphql_table(&schema, "")
         ),
     )
     .unwrap();
-    config
+    (dir, config)
 }
 
 const UNKNOWN_SERVICE: &str = "type Query {\n  a: String @http(service: \"nope\")\n}\n";
@@ -1532,7 +1522,7 @@ const SYNTAX_ERROR: &str = "type Broken {\n  id: ID!\n  oops(\n}\n";
 
 #[test]
 fn check_locates_an_unknown_service_in_the_schema() {
-    let config = config_with_schema(&[("schema.graphql", UNKNOWN_SERVICE)]);
+    let (_dir, config) = config_with_schema(&[("schema.graphql", UNKNOWN_SERVICE)]);
     let (code, stdout, stderr) = check(&config);
     assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
@@ -1543,7 +1533,7 @@ fn check_locates_an_unknown_service_in_the_schema() {
 
 #[test]
 fn check_locates_a_schema_syntax_error() {
-    let config = config_with_schema(&[
+    let (_dir, config) = config_with_schema(&[
         ("broken.graphql", SYNTAX_ERROR),
         (
             "schema.graphql",
@@ -1558,7 +1548,7 @@ fn check_locates_a_schema_syntax_error() {
 /// A syntax error in one file and an unknown service in another: both at once, each located.
 #[test]
 fn check_reports_a_syntax_error_and_an_unknown_service_together() {
-    let config = config_with_schema(&[
+    let (_dir, config) = config_with_schema(&[
         ("broken.graphql", SYNTAX_ERROR),
         ("schema.graphql", UNKNOWN_SERVICE),
     ]);

@@ -24,6 +24,7 @@ use gateway::snapshot::Deps;
 use gateway::{Gateway, RunningServer, Snapshot};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tempfile::TempDir;
 
 /// Any single request that gets no answer within this long fails its test.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,14 +32,12 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-/// A fresh directory of its own under the temp dir.
-fn fresh_dir() -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("gateway-reload-test-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory of its own under the temp dir, removed when the guard drops.
+fn fresh_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("gateway-reload-test-")
+        .tempdir()
+        .unwrap()
 }
 
 /// Replaces `path` the way editors save: write a sibling temp file, then rename it over `path`.
@@ -51,7 +50,7 @@ fn replace_file(path: &Path, text: &str) {
 /// A live gateway: `routes.toml` in its own directory, the public listener, the reloader and the
 /// admin API on a second listener.
 struct Live {
-    dir: PathBuf,
+    dir: TempDir,
     path: PathBuf,
     gateway: Arc<Gateway>,
     reloader: Arc<Reloader>,
@@ -67,8 +66,8 @@ impl Live {
     }
 
     /// Serves `toml` written as `dir/routes.toml` (other files, like a schema, already in `dir`).
-    async fn start_in(dir: PathBuf, toml: &str, watch: bool, deps: Deps) -> Self {
-        let path = dir.join("routes.toml");
+    async fn start_in(dir: TempDir, toml: &str, watch: bool, deps: Deps) -> Self {
+        let path = dir.path().join("routes.toml");
         std::fs::write(&path, toml).unwrap();
         let snapshot = Snapshot::reload(&path, &|_| None, &deps, None)
             .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
@@ -154,12 +153,6 @@ impl Live {
         let (status, body) = self.admin_get("/admin/status").await;
         assert_eq!(status, 200, "{body}");
         body["config"].clone()
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -410,8 +403,8 @@ type Item { id: ID }
 async fn a_bad_edit_changes_nothing_and_the_fix_recovers() {
     let backend = Backend::start(200).await;
     let dir = fresh_dir();
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
-    let schema_file = dir.join("schema").join("schema.graphql");
+    std::fs::create_dir_all(dir.path().join("schema")).unwrap();
+    let schema_file = dir.path().join("schema").join("schema.graphql");
     std::fs::write(&schema_file, SDL).unwrap();
     let good = |generation: usize| {
         config(
@@ -986,12 +979,12 @@ async fn sighup_reloads_the_real_binary() {
     let dir = fresh_dir();
     let (public, admin) = (free_addr(), free_addr());
     let text = |rest: &str| format!("[admin]\nlisten = \"{admin}\"\n\n{}", config(&backend.url, rest));
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    let target = dir.join("data").join("routes.toml");
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let target = dir.path().join("data").join("routes.toml");
     std::fs::write(&target, text("")).unwrap();
-    let path = dir.join("routes.toml");
+    let path = dir.path().join("routes.toml");
     std::os::unix::fs::symlink(&target, &path).unwrap();
-    let stderr = dir.join("stderr.log");
+    let stderr = dir.path().join("stderr.log");
     let mut child = Proc(
         Command::new(BIN)
             .arg("run")
@@ -1084,7 +1077,6 @@ async fn sighup_reloads_the_real_binary() {
     assert_eq!(response.text().await.unwrap(), "backend saw /added");
 
     drop(child);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1097,7 +1089,7 @@ async fn sighup_reloads_the_real_binary() {
 async fn a_schema_directory_added_by_a_reload_is_watched() {
     let backend = Backend::start(200).await;
     let live = Live::start(&config(&backend.url, ""), true).await;
-    let schema_file = live.dir.join("schema").join("schema.graphql");
+    let schema_file = live.dir.path().join("schema").join("schema.graphql");
     std::fs::create_dir_all(schema_file.parent().unwrap()).unwrap();
     std::fs::write(&schema_file, SDL).unwrap();
     live.write(&config(&backend.url, "\n[graphql]\nschema = \"schema\"\n"));
@@ -1160,8 +1152,8 @@ async fn a_rotated_key_file_takes_effect_on_reload() {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let backend = Backend::start(200).await;
     let dir = fresh_dir();
-    std::fs::create_dir_all(dir.join("keys")).unwrap();
-    let pem = dir.join("keys").join("idp.pem");
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let pem = dir.path().join("keys").join("idp.pem");
     std::fs::copy("tests/fixtures/keys/rsa.pub.pem", &pem).unwrap();
     let toml = format!(
         r#"[services.svc]
@@ -1277,7 +1269,7 @@ async fn live_in_flight(live: &Live) -> bool {
 async fn check_against_prints_what_would_change() {
     let backend = Backend::start(200).await;
     let live = Live::start(&config(&backend.url, ""), false).await;
-    let candidate = live.dir.join("candidate.toml");
+    let candidate = live.dir.path().join("candidate.toml");
     std::fs::write(&candidate, config(&backend.url, &route("/new"))).unwrap();
     let admin = live.admin.clone();
     let output = tokio::task::spawn_blocking(move || {
@@ -1317,13 +1309,13 @@ async fn graphql_cache_entries_survive_an_unrelated_reload() {
     });
     let url = common::serve(app).await;
     let dir = fresh_dir();
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
+    std::fs::create_dir_all(dir.path().join("schema")).unwrap();
     let schema = |other: &str| {
         format!(
             "type Query {{\n  seen: String @http(service: \"svc\", path: \"/cached\", cache: \"10m\")\n  {other}: String @http(service: \"svc\", path: \"/other\")\n}}\n"
         )
     };
-    std::fs::write(dir.join("schema").join("schema.graphql"), schema("a")).unwrap();
+    std::fs::write(dir.path().join("schema").join("schema.graphql"), schema("a")).unwrap();
     let text = |rest: &str, timeout: &str| {
         config(&url, rest).replace("timeout = \"5s\"", &format!("timeout = \"{timeout}\""))
             + "\n[graphql]\nschema = \"schema\"\n"
@@ -1349,7 +1341,7 @@ async fn graphql_cache_entries_survive_an_unrelated_reload() {
     );
 
     // A new route and a changed schema field: the cached call is the same call.
-    std::fs::write(live.dir.join("schema").join("schema.graphql"), schema("b")).unwrap();
+    std::fs::write(live.dir.path().join("schema").join("schema.graphql"), schema("b")).unwrap();
     live.write(&text(&route("/new"), "5s"));
     assert_eq!(live.reload().await.result, "applied");
     query(&live).await;
@@ -1447,7 +1439,7 @@ async fn json_logs_parse_and_never_hold_the_token() {
     let dir = fresh_dir();
     let public = free_addr();
     let secret = "json-log-test-secret-0123456789abcdef";
-    let path = dir.join("routes.toml");
+    let path = dir.path().join("routes.toml");
     std::fs::write(
         &path,
         format!(
@@ -1456,7 +1448,7 @@ async fn json_logs_parse_and_never_hold_the_token() {
         ),
     )
     .unwrap();
-    let stderr = dir.join("stderr.log");
+    let stderr = dir.path().join("stderr.log");
     let child = Proc(
         Command::new(BIN)
             .args(["run", "--config"])

@@ -251,7 +251,7 @@ path = "/slow"
 service = "slow"
 auth = "none"
 {}"#,
-        graphql_table(&schema, "")
+        graphql_table(schema.path(), "")
     );
     let file = TempConfig::new(&text);
     let (_proc, addr) = start(&file).await;
@@ -369,7 +369,7 @@ type Item { id: ID! }
     let file = TempConfig::new(&config(
         &backend,
         &format!("{otlp}/"),
-        &graphql_table(&schema, ""),
+        &graphql_table(schema.path(), ""),
     ));
     let (mut proc, addr) = start(&file).await;
     let base = format!("http://{addr}");

@@ -2,8 +2,7 @@
 //! POST, and backends that record every request that reaches them.
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -15,31 +14,25 @@ use http_body_util::BodyExt;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
+use tempfile::TempDir;
 use tokio::net::TcpListener;
 
 use super::send_in_time;
 
-/// Writes `sdl` as `schema.graphql` into a fresh directory of its own and returns the directory.
-pub fn schema_dir(sdl: &str) -> PathBuf {
-    schema_files(&[("schema.graphql", sdl)])
-}
-
-/// Writes each `(file name, text)` into a fresh directory of its own and returns the directory.
-pub fn schema_files(files: &[(&str, &str)]) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("gateway-graphql-test-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
+/// Writes `sdl` as `schema.graphql` into a fresh directory of its own, removed when the returned
+/// guard drops.
+pub fn schema_dir(sdl: &str) -> TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("gateway-graphql-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(dir.path().join("schema.graphql"), sdl).unwrap();
     dir
 }
 
 /// The `[graphql]` table for a schema directory (as an absolute path in a TOML literal string),
 /// with `extra` keys.
-pub fn graphql_table(dir: &std::path::Path, extra: &str) -> String {
+pub fn graphql_table(dir: &Path, extra: &str) -> String {
     format!(
         "\n[graphql]\nschema = {}\n{extra}\n",
         serde_json::to_string(dir.to_str().unwrap()).unwrap()

@@ -238,27 +238,11 @@ mod tests {
     use super::*;
 
     /// A fresh, empty directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "gateway-playground-{name}-{}-{:?}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("gateway-playground-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -393,8 +377,8 @@ mod tests {
 
     #[tokio::test]
     async fn asset_serves_files_with_a_content_type() {
-        let dir = TempDir::new("serve");
-        let root = &dir.0;
+        let dir = temp_dir("serve");
+        let root = dir.path();
         std::fs::create_dir_all(root.join("node_modules/graphiql")).unwrap();
         std::fs::write(root.join("node_modules/graphiql/graphiql.min.js"), "js();").unwrap();
         std::fs::write(root.join("node_modules/graphiql/graphiql.min.css"), "a{}").unwrap();
@@ -437,15 +421,15 @@ mod tests {
 
     #[tokio::test]
     async fn asset_refuses_to_leave_its_directory() {
-        let outer = TempDir::new("escape");
-        let root = outer.0.join("assets");
+        let outer = temp_dir("escape");
+        let root = outer.path().join("assets");
         std::fs::create_dir_all(root.join("sub")).unwrap();
-        std::fs::write(outer.0.join("secret.js"), "secret").unwrap();
+        std::fs::write(outer.path().join("secret.js"), "secret").unwrap();
         std::fs::write(root.join("sub/ok.js"), "ok").unwrap();
         std::fs::write(root.join(".env"), "KEY=1").unwrap();
         assert!(asset(&root, "sub/ok.js").await.is_some());
 
-        let secret = outer.0.join("secret.js");
+        let secret = outer.path().join("secret.js");
         let absolute = secret.to_str().unwrap().to_owned();
         for rel in [
             "../secret.js",
@@ -474,13 +458,13 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn asset_follows_symlinks_only_within_its_directory() {
-        let outer = TempDir::new("symlink");
-        let root = outer.0.join("assets");
+        let outer = temp_dir("symlink");
+        let root = outer.path().join("assets");
         std::fs::create_dir_all(root.join("real")).unwrap();
-        std::fs::write(outer.0.join("secret.js"), "secret").unwrap();
+        std::fs::write(outer.path().join("secret.js"), "secret").unwrap();
         std::fs::write(root.join("real/inside.js"), "inside").unwrap();
-        std::os::unix::fs::symlink(outer.0.join("secret.js"), root.join("leak.js")).unwrap();
-        std::os::unix::fs::symlink(&outer.0, root.join("up")).unwrap();
+        std::os::unix::fs::symlink(outer.path().join("secret.js"), root.join("leak.js")).unwrap();
+        std::os::unix::fs::symlink(outer.path(), root.join("up")).unwrap();
         std::os::unix::fs::symlink(root.join("real"), root.join("alias")).unwrap();
 
         assert!(asset(&root, "leak.js").await.is_none());
