@@ -14,6 +14,7 @@
 #   CONNS               wrk connections (default 50)
 #   LOAD_CPU            CPU for wrk and the backend (default 0)
 #   PROXY_CPU           CPU for the proxy under test (default 1)
+#   CHECK_DURATION      wrk duration of the per-round CPU check (default 3s; see bench/README.md)
 #   LATENCY_RATE        open-loop phase: oha's request rate (default 5000; 0 = skip the phase)
 #   LATENCY_ROUNDS      open-loop phase: interleaved rounds (default 3)
 #   LATENCY_SECONDS     open-loop phase: seconds per run (default 5)
@@ -29,6 +30,7 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
+CHECK_DURATION=${CHECK_DURATION:-3s}
 CONNS=${CONNS:-50}
 LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
@@ -89,10 +91,10 @@ ulimit -n 65536 2>/dev/null || true
 bench_tmp proxy
 
 # ---------------------------------------------------------------- ports
-read -r BACKEND_PORT NGINX_PORT NGINX_BARE_PORT GW_PORT OBS_PORT ADMIN_PORT OTLP_PORT DEAD_PORT < <(python3 - <<'EOF'
+read -r BACKEND_PORT NGINX_PORT NGINX_BARE_PORT GW_PORT OBS_PORT ADMIN_PORT OTLP_PORT DEAD_PORT CHECK_PORT < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(8):
+for _ in range(9):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -106,6 +108,9 @@ EOF
 BODY=$(printf '%*s' "$BODY_BYTES" '' | tr ' ' 'x')
 
 nginx_conf backend "        listen 127.0.0.1:$BACKEND_PORT;
+        location / { return 200 \"$BODY\"; }"
+# The same backend on the proxy's CPU, for the CPU check: `direct` run there instead.
+nginx_conf backend-check "        listen 127.0.0.1:$CHECK_PORT;
         location / { return 200 \"$BODY\"; }"
 
 nginx_proxy_conf proxy "$NGINX_PORT" "$BACKEND_PORT" 1
@@ -236,6 +241,7 @@ start_nginx() { # NAME CPU PORT
 declare -A NGINX_MASTER=()
 
 start_nginx backend "$LOAD_CPU" "$BACKEND_PORT"
+start_nginx backend-check "$PROXY_CPU" "$CHECK_PORT"
 start_nginx proxy "$PROXY_CPU" "$NGINX_PORT"
 start_nginx proxy-bare "$PROXY_CPU" "$NGINX_BARE_PORT"
 
@@ -247,7 +253,9 @@ NGINX_BARE_WORKER=$(pgrep -P "${NGINX_MASTER[proxy-bare]}" | head -n1)
 TARGETS=(direct)
 declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [nginx-bare]=$NGINX_BARE_PORT [gateway]=$GW_PORT
     [gw-hs256]=$GW_PORT [gw-rs256]=$GW_PORT [gw-rlimit]=$GW_PORT [gw-resil]=$GW_PORT
-    [gw-observed]=$OBS_PORT [gw-otlp]=$OTLP_PORT)
+    [gw-observed]=$OBS_PORT [gw-otlp]=$OTLP_PORT [cpu-check]=$CHECK_PORT)
+# The CPU wrk runs on: LOAD_CPU but for the CPU check.
+declare -A WRK_CPU_OF=([cpu-check]=$PROXY_CPU)
 declare -A PID_OF=([nginx]=$NGINX_WORKER [nginx-bare]=$NGINX_BARE_WORKER)
 declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/resil)
 declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
@@ -341,7 +349,7 @@ run_wrk() {
     if [[ $target == g* ]]; then rss_sampler & sampler=$!; fi
     [[ -n ${PID_OF[$target]:-} ]] && cpu0=$(cpu_ticks "${PID_OF[$target]}")
     [[ -n ${TOKEN_OF[$target]:-} ]] && auth=(-H "Authorization: Bearer ${TOKEN_OF[$target]}")
-    if ! taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency "${auth[@]}" \
+    if ! taskset -c "${WRK_CPU_OF[$target]:-$LOAD_CPU}" wrk -t1 -c"$CONNS" -d"$dur" --latency "${auth[@]}" \
         "http://127.0.0.1:${PORT_OF[$target]}${PATH_OF[$target]:-/}" >"$out" 2>&1; then
         cat "$out" >&2
         die "wrk against $target failed"
@@ -386,6 +394,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
         run_wrk "$t" "$DURATION" "$tmp/round$r-$t.txt"
         printf '%-6s %-10s %12.0f %10.3f %7s %9s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US"
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US" >>"$RESULTS"
+        if [[ $t == direct ]]; then
+            # The CPU check, right after: `direct`'s work (wrk and a backend) on the proxy's CPU.
+            run_wrk cpu-check "$CHECK_DURATION" "$tmp/round$r-check.txt"
+            printf '%-6s %-10s %12.0f %10.3f %7s %9s\n' "$r" cpu-check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" -
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" 0 >>"$RESULTS"
+        fi
     done
 done
 
@@ -457,6 +471,8 @@ def verdict(ok):
 
 # How far a reference target's rate may move between rounds before the run counts as noisy.
 NOISY = 0.15
+# How far apart the two CPUs may run the same work (the CPU check) before the run counts as noisy.
+CPUS_APART = 0.10
 
 print("medians")
 print(f"{'target':<10} {'req/s':>12} {'p99 ms':>10} {'errors':>7} {'cpu us/req':>10}")
@@ -523,6 +539,19 @@ if open_rows:
         print("WARNING: some open-loop runs had non-2xx responses or errors")
 if any(errors.values()):
     print("WARNING: some runs had non-2xx responses or socket errors; see the errors column")
+# The CPU check: direct's work on the proxy's CPU against direct on the load CPU, round by round.
+checks = {r[0]: float(r[2]) for r in rows if r[1] == "check"}
+direct = {r[0]: float(r[2]) for r in rows if r[1] == "direct"}
+speeds = [checks[k] / direct[k] for k in checks if direct.get(k)]
+if speeds:
+    speed = statistics.median(speeds)
+    print(f"CPU check: direct's work on the proxy's CPU / on the load CPU: {speed:.2f} "
+          f"(rounds {min(speeds):.2f}-{max(speeds):.2f})")
+    if abs(speed - 1) > CPUS_APART:
+        slower = "proxy" if speed < 1 else "load"
+        print(f"WARNING: a noisy host: the two CPUs ran the same work {abs(speed - 1):.0%} apart (the "
+              f"{slower} CPU slower) over the run; every proxy's figures, nginx's too, are off by "
+              f"about as much; rerun on a quieter machine")
 # The references do the same work every round: when their rates move, the host moved them.
 for t in ("direct", "nginx-bare"):
     rates = [float(r[2]) for r in rows if r[1] == t]
