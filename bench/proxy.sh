@@ -19,7 +19,8 @@
 #   LATENCY_ROUNDS      open-loop phase: interleaved rounds (default 3)
 #   LATENCY_SECONDS     open-loop phase: seconds per run (default 5)
 #   BENCH_SKIP_GATEWAY  1 = skip the gateway (direct and nginx only)
-#   BENCH_INSTALL       1 = apt-get install nginx and wrk when missing (and oha, with cargo)
+#   BENCH_INSTALL       1 = apt-get install nginx and wrk when missing (and oha, with cargo, and
+#                       nginx's stream module for the nginx-l4 row)
 #   BENCH_KEEP_TMP      1 = keep the temp dir (configs, logs, raw wrk output)
 #   BENCH_OTLP          1 = also measure gw-otlp: spans made for every request and exported
 #                       to a collector that refuses connections (informational, no target)
@@ -67,6 +68,24 @@ if ((${#missing[@]})); then
         exit 1
     fi
 fi
+# nginx-l4, a byte relay (nginx's stream module): the cheapest hop any proxy can be, so the
+# floor under the others' figures on this rig. Debian ships the module as libnginx-mod-stream.
+stream_module() { # -> "" when built in, the load_module path when dynamic; fails when absent
+    local v dir f
+    v=$(nginx -V 2>&1)
+    [[ " $v " =~ [[:space:]]--with-stream[[:space:]] ]] && return 0
+    [[ $v == *"--with-stream=dynamic"* ]] || return 1
+    dir=$(sed -n 's/.*--modules-path=\([^ ]*\).*/\1/p' <<<"$v")
+    for f in "${dir:-/usr/lib/nginx/modules}/ngx_stream_module.so" /usr/lib/nginx/modules/ngx_stream_module.so; do
+        [[ -f $f ]] && { echo "$f"; return 0; }
+    done
+    return 1
+}
+if ! stream_module >/dev/null && [[ ${BENCH_INSTALL:-0} == 1 ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y libnginx-mod-stream >/dev/null || true
+fi
+HAVE_L4=1
+STREAM_MODULE=$(stream_module) || { HAVE_L4=0; log "no nginx stream module: the nginx-l4 row is skipped (apt-get install libnginx-mod-stream)"; }
 for tool in curl python3 taskset; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not found"
 done
@@ -91,10 +110,10 @@ ulimit -n 65536 2>/dev/null || true
 bench_tmp proxy
 
 # ---------------------------------------------------------------- ports
-read -r BACKEND_PORT NGINX_PORT NGINX_BARE_PORT GW_PORT OBS_PORT ADMIN_PORT OTLP_PORT DEAD_PORT CHECK_PORT < <(python3 - <<'EOF'
+read -r BACKEND_PORT NGINX_PORT NGINX_BARE_PORT GW_PORT OBS_PORT ADMIN_PORT OTLP_PORT DEAD_PORT CHECK_PORT L4_PORT < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(9):
+for _ in range(10):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -115,6 +134,23 @@ nginx_conf backend-check "        listen 127.0.0.1:$CHECK_PORT;
 
 nginx_proxy_conf proxy "$NGINX_PORT" "$BACKEND_PORT" 1
 nginx_proxy_conf proxy-bare "$NGINX_BARE_PORT" "$BACKEND_PORT" 0
+if ((HAVE_L4)); then
+    # Each client connection relayed byte for byte over one backend connection of its own.
+    cat >"$tmp/proxy-l4.conf" <<EOF
+${STREAM_MODULE:+load_module $STREAM_MODULE;}
+$([[ $EUID == 0 ]] && echo "user root;")
+worker_processes 1;
+pid $tmp/proxy-l4.pid;
+error_log $tmp/proxy-l4.error.log warn;
+events { worker_connections 4096; }
+stream {
+    server {
+        listen 127.0.0.1:$L4_PORT;
+        proxy_pass 127.0.0.1:$BACKEND_PORT;
+    }
+}
+EOF
+fi
 
 # Auth targets: the same gateway, routes /hs and /rs that need a valid HS256 / RS256 token. Each
 # wrk connection reuses one token, as real clients do.
@@ -244,6 +280,7 @@ start_nginx backend "$LOAD_CPU" "$BACKEND_PORT"
 start_nginx backend-check "$PROXY_CPU" "$CHECK_PORT"
 start_nginx proxy "$PROXY_CPU" "$NGINX_PORT"
 start_nginx proxy-bare "$PROXY_CPU" "$NGINX_BARE_PORT"
+((HAVE_L4)) && start_nginx proxy-l4 "$PROXY_CPU" "$L4_PORT"
 
 # The proxy's one worker process, whose CPU time is measured like the gateway's.
 NGINX_WORKER=$(pgrep -P "${NGINX_MASTER[proxy]}" | head -n1)
@@ -253,10 +290,14 @@ NGINX_BARE_WORKER=$(pgrep -P "${NGINX_MASTER[proxy-bare]}" | head -n1)
 TARGETS=(direct)
 declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [nginx-bare]=$NGINX_BARE_PORT [gateway]=$GW_PORT
     [gw-hs256]=$GW_PORT [gw-rs256]=$GW_PORT [gw-rlimit]=$GW_PORT [gw-resil]=$GW_PORT
-    [gw-observed]=$OBS_PORT [gw-otlp]=$OTLP_PORT [cpu-check]=$CHECK_PORT)
+    [gw-observed]=$OBS_PORT [gw-otlp]=$OTLP_PORT [cpu-check]=$CHECK_PORT [nginx-l4]=$L4_PORT)
 # The CPU wrk runs on: LOAD_CPU but for the CPU check.
 declare -A WRK_CPU_OF=([cpu-check]=$PROXY_CPU)
 declare -A PID_OF=([nginx]=$NGINX_WORKER [nginx-bare]=$NGINX_BARE_WORKER)
+if ((HAVE_L4)); then
+    PID_OF[nginx-l4]=$(pgrep -P "${NGINX_MASTER[proxy-l4]}" | head -n1)
+    [[ -n ${PID_OF[nginx-l4]} ]] || die "cannot find the nginx-l4 relay's worker process"
+fi
 declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/resil)
 declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
 GW_PID=""
@@ -299,6 +340,7 @@ if [[ $SKIP_GW != 1 ]]; then
     TARGETS+=(gateway gw-hs256 gw-rs256 gw-rlimit gw-resil "${OBSERVED[@]}")
 fi
 TARGETS+=(nginx nginx-bare)
+((HAVE_L4)) && TARGETS+=(nginx-l4)
 
 # ---------------------------------------------------------------- RSS
 rss_kib() { # PID -> VmRSS in KiB (0 if unavailable)
@@ -424,6 +466,7 @@ OPEN=$tmp/open.tsv
 OPEN_TARGETS=(direct)
 [[ -n $GW_PID ]] && OPEN_TARGETS+=(gateway)
 OPEN_TARGETS+=(nginx nginx-bare)
+((HAVE_L4)) && OPEN_TARGETS+=(nginx-l4)
 if ((LATENCY_RATE > 0 && HAVE_OHA)); then
     echo
     log "open loop: oha -c $CONNS -q $LATENCY_RATE --latency-correction, ${LATENCY_SECONDS}s per run, rounds $LATENCY_ROUNDS"
@@ -501,6 +544,10 @@ if "gateway" in med:
               f"{cpu_best['nginx'] / cpu_best['gateway']:.2f}")
     print(f"p99 added over direct (wrk, {conns} in flight, saturated): gateway {gw_added:.2f} ms, "
           f"nginx {nginx_added:.2f} ms (target <= 1 ms)  {verdict(gw_added <= 1.0)}")
+    if "nginx-l4" in med:
+        l4 = med["nginx-l4"]
+        print(f"  the floor, nginx-l4 (a byte relay, no HTTP): {l4[1] - med['direct'][1]:.2f} ms added "
+              f"at {l4[0]:.0f} req/s; gateway/nginx-l4 req/s {gw[0] / l4[0]:.2f}")
     print(f"gateway RSS idle: {idle:.1f} MiB (target <= 20), under load: {load:.1f} MiB "
           f"(target <= 50)  {verdict(idle <= 20 and load <= 50)}")
     print(f"gateway RSS after load: {int(rss_after) / 1024:.1f} MiB")
@@ -532,8 +579,9 @@ if open_rows:
         print(f"{t:<10} {omed[t][0]:>12.0f} {omed[t][1]:>10.3f} {omed[t][2]:>10.3f} {omed[t][3]:>10.3f} {omed[t][4]:>7}")
     added = {t: omed[t][2] - omed["direct"][2] for t in omed if t != "direct"}
     if "gateway" in added:
+        l4 = f", nginx-l4 {added['nginx-l4']:.2f} ms" if "nginx-l4" in added else ""
         print(f"p99 added over direct (open loop at {open_rate} req/s): gateway {added['gateway']:.2f} ms, "
-              f"nginx {added['nginx']:.2f} ms, nginx-bare {added['nginx-bare']:.2f} ms (target <= 1 ms)  "
+              f"nginx {added['nginx']:.2f} ms, nginx-bare {added['nginx-bare']:.2f} ms{l4} (target <= 1 ms)  "
               f"{verdict(added['gateway'] <= 1.0)}")
     if any(v[4] for v in omed.values()):
         print("WARNING: some open-loop runs had non-2xx responses or errors")
