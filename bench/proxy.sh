@@ -3,7 +3,7 @@
 #
 #   bench/proxy.sh                        # full run (builds the gateway if missing)
 #   ROUNDS=3 DURATION=5s bench/proxy.sh   # shorter run
-#   BENCH_SKIP_GATEWAY=1 bench/proxy.sh   # only direct and nginx (no gateway needed)
+#   BENCH_SKIP_GATEWAY=1 bench/proxy.sh   # only direct and the nginx rows (no gateway needed)
 #   BENCH_INSTALL=1 bench/proxy.sh        # apt-get install nginx/wrk if missing
 #
 # Environment:
@@ -82,7 +82,7 @@ stream_module() { # -> "" when built in, the load_module path when dynamic; fail
     return 1
 }
 if ! stream_module >/dev/null && [[ ${BENCH_INSTALL:-0} == 1 ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y libnginx-mod-stream >/dev/null || true
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream; } >/dev/null || true
 fi
 HAVE_L4=1
 STREAM_MODULE=$(stream_module) || { HAVE_L4=0; log "no nginx stream module: the nginx-l4 row is skipped (apt-get install libnginx-mod-stream)"; }
@@ -283,8 +283,8 @@ start_nginx proxy-bare "$PROXY_CPU" "$NGINX_BARE_PORT"
 ((HAVE_L4)) && start_nginx proxy-l4 "$PROXY_CPU" "$L4_PORT"
 
 # The proxy's one worker process, whose CPU time is measured like the gateway's.
-NGINX_WORKER=$(pgrep -P "${NGINX_MASTER[proxy]}" | head -n1)
-NGINX_BARE_WORKER=$(pgrep -P "${NGINX_MASTER[proxy-bare]}" | head -n1)
+NGINX_WORKER=$(pgrep -P "${NGINX_MASTER[proxy]}" | head -n1 || true)
+NGINX_BARE_WORKER=$(pgrep -P "${NGINX_MASTER[proxy-bare]}" | head -n1 || true)
 [[ -n $NGINX_WORKER && -n $NGINX_BARE_WORKER ]] || die "cannot find the nginx proxies' worker processes"
 
 TARGETS=(direct)
@@ -295,7 +295,7 @@ declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [nginx-bare]=$NGI
 declare -A WRK_CPU_OF=([cpu-check]=$PROXY_CPU)
 declare -A PID_OF=([nginx]=$NGINX_WORKER [nginx-bare]=$NGINX_BARE_WORKER)
 if ((HAVE_L4)); then
-    PID_OF[nginx-l4]=$(pgrep -P "${NGINX_MASTER[proxy-l4]}" | head -n1)
+    PID_OF[nginx-l4]=$(pgrep -P "${NGINX_MASTER[proxy-l4]}" | head -n1 || true)
     [[ -n ${PID_OF[nginx-l4]} ]] || die "cannot find the nginx-l4 relay's worker process"
 fi
 declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/resil)
@@ -419,10 +419,10 @@ run_wrk() {
 echo "# proxy benchmark: $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')"
 echo "# cpus: wrk+backend on $LOAD_CPU, proxy under test on $PROXY_CPU ($(getconf _NPROCESSORS_ONLN) online)"
 echo "# wrk -t1 -c$CONNS -d$DURATION, warm-up $WARMUP, rounds $ROUNDS, body $BODY_BYTES B"
-echo "# ports: backend $BACKEND_PORT, nginx $NGINX_PORT, nginx-bare $NGINX_BARE_PORT$([[ -n $GW_PID ]] && echo ", gateway $GW_PORT")"
+echo "# ports: backend $BACKEND_PORT, nginx $NGINX_PORT, nginx-bare $NGINX_BARE_PORT$([[ -n $GW_PID ]] && echo ", gateway $GW_PORT")$( ((HAVE_L4)) && echo ", nginx-l4 $L4_PORT"), cpu-check backend $CHECK_PORT"
 [[ -n $GW_PID ]] || echo "# gateway skipped (BENCH_SKIP_GATEWAY=1)"
 
-for t in "${TARGETS[@]}"; do
+for t in "${TARGETS[@]}" cpu-check; do
     log "warm-up $t ($WARMUP)"
     run_wrk "$t" "$WARMUP" "$tmp/warmup-$t.txt"
 done
@@ -565,6 +565,8 @@ if "gateway" in med:
                   f"= {best:.2f}  {verdict(best >= target)}")
 else:
     print(f"p99 added over direct: nginx {nginx_added:.2f} ms")
+    if "nginx-l4" in med:
+        print(f"  the floor, nginx-l4 (a byte relay, no HTTP): {med['nginx-l4'][1] - med['direct'][1]:.2f} ms added")
     print("gateway: skipped (BENCH_SKIP_GATEWAY=1)")
 open_rows = [line.rstrip("\n").split("\t") for line in open(open_path) if line.strip()]
 if open_rows:

@@ -48,15 +48,16 @@ fn replace_file(path: &Path, text: &str) {
 }
 
 /// A live gateway: `routes.toml` in its own directory, the public listener, the reloader and the
-/// admin API on a second listener.
+/// admin API on a second listener. The directory is the last field, so it goes after the
+/// watcher and the gateway that read it.
 struct Live {
-    dir: TempDir,
     path: PathBuf,
     gateway: Arc<Gateway>,
     reloader: Arc<Reloader>,
     public: RunningServer,
     admin: String,
     client: reqwest::Client,
+    dir: TempDir,
 }
 
 impl Live {
@@ -87,13 +88,13 @@ impl Live {
             .unwrap();
         let admin = common::serve(gateway::admin::router(reloader.clone())).await;
         Self {
-            dir,
             path,
             gateway,
             reloader,
             public,
             admin,
             client: client(),
+            dir,
         }
     }
 
