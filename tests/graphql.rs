@@ -1496,10 +1496,7 @@ fn check(config: &Path) -> (Option<i32>, String, String) {
 /// A directory holding a `schema` directory of `files` and a config naming it, removed when the
 /// returned guard drops; returns the guard and the config's path.
 fn config_with_schema(files: &[(&str, &str)]) -> (TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("gateway-graphql-test-")
-        .tempdir()
-        .unwrap();
+    let dir = common::temp_dir("graphql-test");
     let schema = dir.path().join("schema");
     std::fs::create_dir(&schema).unwrap();
     for (name, text) in files {

@@ -32,14 +32,6 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-/// A fresh directory of its own under the temp dir, removed when the guard drops.
-fn fresh_dir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("gateway-reload-test-")
-        .tempdir()
-        .unwrap()
-}
-
 /// Replaces `path` the way editors save: write a sibling temp file, then rename it over `path`.
 fn replace_file(path: &Path, text: &str) {
     let tmp = path.with_extension("toml.tmp-save");
@@ -63,7 +55,7 @@ struct Live {
 impl Live {
     /// Serves `toml` (watching its files when `watch`).
     async fn start(toml: &str, watch: bool) -> Self {
-        Self::start_in(fresh_dir(), toml, watch, Deps::default()).await
+        Self::start_in(common::temp_dir("reload-test"), toml, watch, Deps::default()).await
     }
 
     /// Serves `toml` written as `dir/routes.toml` (other files, like a schema, already in `dir`).
@@ -403,7 +395,7 @@ type Item { id: ID }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_edit_changes_nothing_and_the_fix_recovers() {
     let backend = Backend::start(200).await;
-    let dir = fresh_dir();
+    let dir = common::temp_dir("reload-test");
     std::fs::create_dir_all(dir.path().join("schema")).unwrap();
     let schema_file = dir.path().join("schema").join("schema.graphql");
     std::fs::write(&schema_file, SDL).unwrap();
@@ -544,7 +536,7 @@ async fn a_rate_limit_bucket_survives_an_unrelated_reload() {
     };
     let (clock, _fake) = LimiterClock::fake();
     let live = Live::start_in(
-        fresh_dir(),
+        common::temp_dir("reload-test"),
         &config(&backend.url, &policy(2)),
         false,
         Deps { clock },
@@ -977,7 +969,7 @@ fn free_addr() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_real_binary() {
     let backend = Backend::start(200).await;
-    let dir = fresh_dir();
+    let dir = common::temp_dir("reload-test");
     let (public, admin) = (free_addr(), free_addr());
     let text = |rest: &str| format!("[admin]\nlisten = \"{admin}\"\n\n{}", config(&backend.url, rest));
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
@@ -1152,7 +1144,7 @@ async fn a_schema_directory_added_by_a_reload_is_watched() {
 async fn a_rotated_key_file_takes_effect_on_reload() {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let backend = Backend::start(200).await;
-    let dir = fresh_dir();
+    let dir = common::temp_dir("reload-test");
     std::fs::create_dir_all(dir.path().join("keys")).unwrap();
     let pem = dir.path().join("keys").join("idp.pem");
     std::fs::copy("tests/fixtures/keys/rsa.pub.pem", &pem).unwrap();
@@ -1309,7 +1301,7 @@ async fn graphql_cache_entries_survive_an_unrelated_reload() {
         }
     });
     let url = common::serve(app).await;
-    let dir = fresh_dir();
+    let dir = common::temp_dir("reload-test");
     std::fs::create_dir_all(dir.path().join("schema")).unwrap();
     let schema = |other: &str| {
         format!(
@@ -1437,7 +1429,7 @@ async fn jwks_keys_survive_a_reload_while_the_identity_provider_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_and_never_hold_the_token() {
     let backend = Backend::start(200).await;
-    let dir = fresh_dir();
+    let dir = common::temp_dir("reload-test");
     let public = free_addr();
     let secret = "json-log-test-secret-0123456789abcdef";
     let path = dir.path().join("routes.toml");

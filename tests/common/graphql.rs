@@ -22,10 +22,7 @@ use super::send_in_time;
 /// Writes `sdl` as `schema.graphql` into a fresh directory of its own, removed when the returned
 /// guard drops.
 pub fn schema_dir(sdl: &str) -> TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("gateway-graphql-test-")
-        .tempdir()
-        .unwrap();
+    let dir = super::temp_dir("graphql-test");
     std::fs::write(dir.path().join("schema.graphql"), sdl).unwrap();
     dir
 }

@@ -50,6 +50,15 @@ pub async fn serve(app: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// A fresh, empty directory under the system temp dir named `gateway-{name}-…`, removed when
+/// the returned guard drops.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("gateway-{name}-"))
+        .tempdir()
+        .unwrap()
+}
+
 /// A URL nothing listens on: bind, read the port, close.
 pub fn dead_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
