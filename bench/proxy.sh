@@ -126,11 +126,12 @@ EOF
 # ---------------------------------------------------------------- configs
 BODY=$(printf '%*s' "$BODY_BYTES" '' | tr ' ' 'x')
 
+BACKEND_LOCATION="        location / { return 200 \"$BODY\"; }"
 nginx_conf backend "        listen 127.0.0.1:$BACKEND_PORT;
-        location / { return 200 \"$BODY\"; }"
+$BACKEND_LOCATION"
 # The same backend on the proxy's CPU, for the CPU check: `direct` run there instead.
 nginx_conf backend-check "        listen 127.0.0.1:$CHECK_PORT;
-        location / { return 200 \"$BODY\"; }"
+$BACKEND_LOCATION"
 
 nginx_proxy_conf proxy "$NGINX_PORT" "$BACKEND_PORT" 1
 nginx_proxy_conf proxy-bare "$NGINX_BARE_PORT" "$BACKEND_PORT" 0
@@ -282,10 +283,13 @@ start_nginx proxy "$PROXY_CPU" "$NGINX_PORT"
 start_nginx proxy-bare "$PROXY_CPU" "$NGINX_BARE_PORT"
 ((HAVE_L4)) && start_nginx proxy-l4 "$PROXY_CPU" "$L4_PORT"
 
-# The proxy's one worker process, whose CPU time is measured like the gateway's.
-NGINX_WORKER=$(pgrep -P "${NGINX_MASTER[proxy]}" | head -n1 || true)
-NGINX_BARE_WORKER=$(pgrep -P "${NGINX_MASTER[proxy-bare]}" | head -n1 || true)
-[[ -n $NGINX_WORKER && -n $NGINX_BARE_WORKER ]] || die "cannot find the nginx proxies' worker processes"
+# A proxy's one worker process, whose CPU time is measured like the gateway's.
+worker_of() { # NAME -> the pid of nginx NAME's worker
+    local pid
+    pid=$(pgrep -P "${NGINX_MASTER[$1]}" | head -n1 || true)
+    [[ -n $pid ]] || die "cannot find the worker process of nginx $1"
+    echo "$pid"
+}
 
 TARGETS=(direct)
 declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [nginx-bare]=$NGINX_BARE_PORT [gateway]=$GW_PORT
@@ -293,11 +297,10 @@ declare -A PORT_OF=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [nginx-bare]=$NGI
     [gw-observed]=$OBS_PORT [gw-otlp]=$OTLP_PORT [cpu-check]=$CHECK_PORT [nginx-l4]=$L4_PORT)
 # The CPU wrk runs on: LOAD_CPU but for the CPU check.
 declare -A WRK_CPU_OF=([cpu-check]=$PROXY_CPU)
-declare -A PID_OF=([nginx]=$NGINX_WORKER [nginx-bare]=$NGINX_BARE_WORKER)
-if ((HAVE_L4)); then
-    PID_OF[nginx-l4]=$(pgrep -P "${NGINX_MASTER[proxy-l4]}" | head -n1 || true)
-    [[ -n ${PID_OF[nginx-l4]} ]] || die "cannot find the nginx-l4 relay's worker process"
-fi
+declare -A PID_OF=()
+PID_OF[nginx]=$(worker_of proxy)
+PID_OF[nginx-bare]=$(worker_of proxy-bare)
+if ((HAVE_L4)); then PID_OF[nginx-l4]=$(worker_of proxy-l4); fi
 declare -A PATH_OF=([gw-hs256]=/hs [gw-rs256]=/rs [gw-rlimit]=/rl [gw-resil]=/resil)
 declare -A TOKEN_OF=([gw-hs256]=$HS_TOKEN [gw-rs256]=$RS_TOKEN)
 GW_PID=""
@@ -524,6 +527,13 @@ for t in targets:
 print()
 
 nginx_added = med["nginx"][1] - med["direct"][1]
+l4 = med.get("nginx-l4")
+
+def floor(rest=""):
+    """The byte relay's p99 added and rate, under the p99 line."""
+    print(f"  the floor, nginx-l4 (a byte relay, no HTTP): {l4[1] - med['direct'][1]:.2f} ms added "
+          f"at {l4[0]:.0f} req/s{rest}")
+
 if "gateway" in med:
     gw, ng = med["gateway"], med["nginx"]
     rps_ratio = gw[0] / ng[0] if ng[0] else float("nan")
@@ -544,10 +554,8 @@ if "gateway" in med:
               f"{cpu_best['nginx'] / cpu_best['gateway']:.2f}")
     print(f"p99 added over direct (wrk, {conns} in flight, saturated): gateway {gw_added:.2f} ms, "
           f"nginx {nginx_added:.2f} ms (target <= 1 ms)  {verdict(gw_added <= 1.0)}")
-    if "nginx-l4" in med:
-        l4 = med["nginx-l4"]
-        print(f"  the floor, nginx-l4 (a byte relay, no HTTP): {l4[1] - med['direct'][1]:.2f} ms added "
-              f"at {l4[0]:.0f} req/s; gateway/nginx-l4 req/s {gw[0] / l4[0]:.2f}")
+    if l4:
+        floor(f"; gateway/nginx-l4 req/s {gw[0] / l4[0]:.2f}")
     print(f"gateway RSS idle: {idle:.1f} MiB (target <= 20), under load: {load:.1f} MiB "
           f"(target <= 50)  {verdict(idle <= 20 and load <= 50)}")
     print(f"gateway RSS after load: {int(rss_after) / 1024:.1f} MiB")
@@ -565,8 +573,8 @@ if "gateway" in med:
                   f"= {best:.2f}  {verdict(best >= target)}")
 else:
     print(f"p99 added over direct: nginx {nginx_added:.2f} ms")
-    if "nginx-l4" in med:
-        print(f"  the floor, nginx-l4 (a byte relay, no HTTP): {med['nginx-l4'][1] - med['direct'][1]:.2f} ms added")
+    if l4:
+        floor()
     print("gateway: skipped (BENCH_SKIP_GATEWAY=1)")
 open_rows = [line.rstrip("\n").split("\t") for line in open(open_path) if line.strip()]
 if open_rows:
