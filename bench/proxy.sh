@@ -388,13 +388,18 @@ cpu_ticks() { # PID -> the process's user + system CPU time, in clock ticks
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
+cpu_busy_ticks() { # CPU -> that CPU's busy time (user, nice, system, irq, softirq, steal), in clock ticks
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
 run_wrk() {
     local target=$1 dur=$2 out=$3 sampler="" p99 auth=()
-    local cpu0=0
+    local cpu0=0 wrk_cpu=${WRK_CPU_OF[$target]:-$LOAD_CPU} load0
     if [[ $target == g* ]]; then rss_sampler & sampler=$!; fi
     [[ -n ${PID_OF[$target]:-} ]] && cpu0=$(cpu_ticks "${PID_OF[$target]}")
     [[ -n ${TOKEN_OF[$target]:-} ]] && auth=(-H "Authorization: Bearer ${TOKEN_OF[$target]}")
-    if ! taskset -c "${WRK_CPU_OF[$target]:-$LOAD_CPU}" wrk -t1 -c"$CONNS" -d"$dur" --latency "${auth[@]}" \
+    load0=$(cpu_busy_ticks "$wrk_cpu")
+    if ! taskset -c "$wrk_cpu" wrk -t1 -c"$CONNS" -d"$dur" --latency "${auth[@]}" \
         "http://127.0.0.1:${PORT_OF[$target]}${PATH_OF[$target]:-/}" >"$out" 2>&1; then
         cat "$out" >&2
         die "wrk against $target failed"
@@ -410,6 +415,10 @@ run_wrk() {
         WRK_CPU_US=$(awk -v t0="$cpu0" -v t1="$(cpu_ticks "${PID_OF[$target]}")" -v hz="$(getconf CLK_TCK)" \
             '/requests in/ { printf "%.2f", (t1 - t0) / hz * 1e6 / $1 }' "$out")
     fi
+    # What the target's traffic cost the CPU wrk and the backend share, per request: at
+    # saturation the p99 depends on that CPU as much as on the proxy's (bench/README.md).
+    WRK_LOAD_US=$(awk -v t0="$load0" -v t1="$(cpu_busy_ticks "$wrk_cpu")" -v hz="$(getconf CLK_TCK)" \
+        '/requests in/ { printf "%.2f", (t1 - t0) / hz * 1e6 / $1 }' "$out")
     WRK_RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p99=$(awk '$1 == "99%" { print $2 }' "$out")
     [[ -n $WRK_RPS && -n $p99 ]] || { cat "$out" >&2; die "could not parse wrk output for $target"; }
@@ -433,17 +442,20 @@ done
 RESULTS=$tmp/results.tsv
 : >"$RESULTS"
 echo
-printf '%-6s %-10s %12s %10s %7s %9s\n' round target "req/s" "p99 ms" errors "cpu us/req"
+ROW='%-6s %-10s %12.0f %10.3f %7s %9s %9s\n'
+printf '%-6s %-10s %12s %10s %7s %9s %9s\n' round target "req/s" "p99 ms" errors "cpu us/req" "load us"
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do
         run_wrk "$t" "$DURATION" "$tmp/round$r-$t.txt"
-        printf '%-6s %-10s %12.0f %10.3f %7s %9s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US" >>"$RESULTS"
+        printf "$ROW" "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US" "$WRK_LOAD_US"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US" \
+            "$WRK_LOAD_US" >>"$RESULTS"
         if [[ $t == direct ]]; then
             # The CPU check, right after: `direct`'s work (wrk and a backend) on the proxy's CPU.
             run_wrk cpu-check "$CHECK_DURATION" "$tmp/round$r-check.txt"
-            printf '%-6s %-10s %12.0f %10.3f %7s %9s\n' "$r" cpu-check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" -
-            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" 0 >>"$RESULTS"
+            printf "$ROW" "$r" cpu-check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" - "$WRK_LOAD_US"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" 0 \
+                "$WRK_LOAD_US" >>"$RESULTS"
         fi
     done
 done
@@ -502,7 +514,7 @@ import statistics, sys
 path, targets, rss_idle, rss_load, rss_after, open_path, open_rate, conns = sys.argv[1:9]
 targets = targets.split()
 rows = [line.rstrip("\n").split("\t") for line in open(path) if line.strip()]
-med, errors, cpu, cpu_best = {}, {}, {}, {}
+med, errors, cpu, cpu_best, load = {}, {}, {}, {}, {}
 for t in targets:
     rs = [r for r in rows if r[1] == t]
     med[t] = (statistics.median(float(r[2]) for r in rs),
@@ -511,6 +523,7 @@ for t in targets:
     cpu[t] = statistics.median(float(r[5]) for r in rs)
     # Noise from other tenants only adds CPU time, so the cheapest round is the steadiest estimate.
     cpu_best[t] = min(float(r[5]) for r in rs)
+    load[t] = statistics.median(float(r[6]) for r in rs)
 
 def verdict(ok):
     return "PASS" if ok else "FAIL"
@@ -521,10 +534,14 @@ NOISY = 0.15
 CPUS_APART = 0.10
 
 print("medians")
-print(f"{'target':<10} {'req/s':>12} {'p99 ms':>10} {'errors':>7} {'cpu us/req':>10}")
+print(f"{'target':<10} {'req/s':>12} {'p99 ms':>10} {'errors':>7} {'cpu us/req':>10} {'load us':>9}")
 for t in targets:
-    print(f"{t:<10} {med[t][0]:>12.0f} {med[t][1]:>10.3f} {errors[t]:>7} {cpu[t]:>10.2f}")
+    print(f"{t:<10} {med[t][0]:>12.0f} {med[t][1]:>10.3f} {errors[t]:>7} {cpu[t]:>10.2f} {load[t]:>9.2f}")
 print()
+# What each proxy's traffic costs the CPU wrk and the backend share, against `direct`: the
+# saturated p99 depends on that CPU as much as on the proxy's own (bench/README.md, session 13).
+print("load CPU per request (wrk and the backend, us): " + ", ".join(
+    f"{t} {load[t]:.2f}" for t in ("direct", "gateway", "nginx", "nginx-bare", "nginx-l4") if t in load))
 
 nginx_added = med["nginx"][1] - med["direct"][1]
 l4 = med.get("nginx-l4")
