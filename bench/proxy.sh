@@ -392,6 +392,11 @@ cpu_busy_ticks() { # CPU -> that CPU's busy time (user, nice, system, irq, softi
     awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
 }
 
+us_per_request() { # TICKS_BEFORE TICKS_AFTER WRK_OUTPUT -> µs of CPU per request wrk completed
+    awk -v t0="$1" -v t1="$2" -v hz="$(getconf CLK_TCK)" \
+        '/requests in/ { printf "%.2f", (t1 - t0) / hz * 1e6 / $1 }' "$3"
+}
+
 run_wrk() {
     local target=$1 dur=$2 out=$3 sampler="" p99 auth=()
     local cpu0=0 wrk_cpu=${WRK_CPU_OF[$target]:-$LOAD_CPU} load0
@@ -412,13 +417,11 @@ run_wrk() {
     # noisy machine than requests/s, since it does not count the time the proxy waited.
     WRK_CPU_US=0
     if [[ -n ${PID_OF[$target]:-} ]]; then
-        WRK_CPU_US=$(awk -v t0="$cpu0" -v t1="$(cpu_ticks "${PID_OF[$target]}")" -v hz="$(getconf CLK_TCK)" \
-            '/requests in/ { printf "%.2f", (t1 - t0) / hz * 1e6 / $1 }' "$out")
+        WRK_CPU_US=$(us_per_request "$cpu0" "$(cpu_ticks "${PID_OF[$target]}")" "$out")
     fi
     # What the target's traffic cost the CPU wrk and the backend share, per request: at
     # saturation the p99 depends on that CPU as much as on the proxy's (bench/README.md).
-    WRK_LOAD_US=$(awk -v t0="$load0" -v t1="$(cpu_busy_ticks "$wrk_cpu")" -v hz="$(getconf CLK_TCK)" \
-        '/requests in/ { printf "%.2f", (t1 - t0) / hz * 1e6 / $1 }' "$out")
+    WRK_LOAD_US=$(us_per_request "$load0" "$(cpu_busy_ticks "$wrk_cpu")" "$out")
     WRK_RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p99=$(awk '$1 == "99%" { print $2 }' "$out")
     [[ -n $WRK_RPS && -n $p99 ]] || { cat "$out" >&2; die "could not parse wrk output for $target"; }
