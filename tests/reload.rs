@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
+use common::process::{BIN, free_addr};
 use common::{client, error_body, eventually, send_in_time};
 use gateway::ratelimit::LimiterClock;
 use gateway::reload::{Attempt, Reloader};
@@ -946,8 +947,6 @@ async fn admin_check_reports_changes_or_errors() {
 // ---------------------------------------------------------------------------------------------
 // 10. SIGHUP on the real binary
 
-const BIN: &str = env!("CARGO_BIN_EXE_gateway-cli");
-
 /// A child process killed when dropped.
 struct Proc(Child);
 
@@ -956,11 +955,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// SIGHUP reloads: the admin status says so (trigger "sighup"). The config path is a symlink to
