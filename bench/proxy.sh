@@ -559,8 +559,8 @@ if "gateway" in med:
     rps_ratio = gw[0] / ng[0] if ng[0] else float("nan")
     p99_ratio = gw[1] / ng[1] if ng[1] else float("nan")
     gw_added = gw[1] - med["direct"][1]
-    idle = int(rss_idle) / 1024
-    load = int(rss_load) / 1024
+    idle_mib = int(rss_idle) / 1024
+    load_mib = int(rss_load) / 1024
     print(f"ratio gateway/nginx req/s: {rps_ratio:.2f} (target >= 1.00)  {verdict(rps_ratio >= 1.0)}")
     print(f"ratio gateway/nginx p99: {p99_ratio:.2f}")
     bare = med["nginx-bare"][0] or float("nan")
@@ -579,8 +579,8 @@ if "gateway" in med:
           f"nginx {nginx_added:.2f} ms (target <= 1 ms)  {verdict(gw_added <= 1.0)}")
     if l4:
         floor(f"; gateway/nginx-l4 req/s {gw[0] / l4[0]:.2f}")
-    print(f"gateway RSS idle: {idle:.1f} MiB (target <= 20), under load: {load:.1f} MiB "
-          f"(target <= 50)  {verdict(idle <= 20 and load <= 50)}")
+    print(f"gateway RSS idle: {idle_mib:.1f} MiB (target <= 20), under load: {load_mib:.1f} MiB "
+          f"(target <= 50)  {verdict(idle_mib <= 20 and load_mib <= 50)}")
     print(f"gateway RSS after load: {int(rss_after) / 1024:.1f} MiB")
     for t, target in (("gw-hs256", 0.9), ("gw-rs256", 0.9), ("gw-rlimit", 0.95), ("gw-resil", 0.95),
                       ("gw-observed", 0.95), ("gw-otlp", 0.0)):
@@ -612,9 +612,9 @@ if open_rows:
         print(f"{t:<10} {omed[t][0]:>12.0f} {omed[t][1]:>10.3f} {omed[t][2]:>10.3f} {omed[t][3]:>10.3f} {omed[t][4]:>7}")
     added = {t: omed[t][2] - omed["direct"][2] for t in omed if t != "direct"}
     if "gateway" in added:
-        l4 = f", nginx-l4 {added['nginx-l4']:.2f} ms" if "nginx-l4" in added else ""
+        relay = f", nginx-l4 {added['nginx-l4']:.2f} ms" if "nginx-l4" in added else ""
         print(f"p99 added over direct (open loop at {open_rate} req/s): gateway {added['gateway']:.2f} ms, "
-              f"nginx {added['nginx']:.2f} ms, nginx-bare {added['nginx-bare']:.2f} ms{l4} (target <= 1 ms)  "
+              f"nginx {added['nginx']:.2f} ms, nginx-bare {added['nginx-bare']:.2f} ms{relay} (target <= 1 ms)  "
               f"{verdict(added['gateway'] <= 1.0)}")
     if any(v[4] for v in omed.values()):
         print("WARNING: some open-loop runs had non-2xx responses or errors")
