@@ -535,6 +535,8 @@ def verdict(ok):
 NOISY = 0.15
 # How far apart the two CPUs may run the same work (the CPU check) before the run counts as noisy.
 CPUS_APART = 0.10
+# How far direct's open-loop p99 may move between rounds (it is 0.4-0.5 ms on a quiet host).
+OPEN_NOISY = 0.50
 
 print("medians")
 print(f"{'target':<10} {'req/s':>12} {'p99 ms':>10} {'errors':>7} {'cpu us/req':>10} {'load us':>9}")
@@ -618,6 +620,12 @@ if open_rows:
               f"{verdict(added['gateway'] <= 1.0)}")
     if any(v[4] for v in omed.values()):
         print("WARNING: some open-loop runs had non-2xx responses or errors")
+    # direct does the same work every round: when its p99 moves, the host moved it.
+    p99s = [float(r[4]) for r in open_rows if r[1] == "direct"]
+    spread = (max(p99s) - min(p99s)) / statistics.median(p99s) if len(p99s) > 1 and min(p99s) else 0.0
+    if spread > OPEN_NOISY:
+        print(f"WARNING: a noisy host in the open loop: direct's p99 ranged {min(p99s):.3f}-{max(p99s):.3f} ms "
+              f"across rounds ({spread:.0%} of its median, over {OPEN_NOISY:.0%}); rerun on a quieter machine")
 elif "gateway" in med:
     print("p99 added over direct (open loop): NOT JUDGED (the phase did not run: LATENCY_RATE=0, or no usable oha)")
 if any(errors.values()):
