@@ -1561,6 +1561,50 @@ fn check_reports_a_syntax_error_and_an_unknown_service_together() {
     );
 }
 
+/// A name defined twice (a field, in one definition or in an `extend type` in another file, an
+/// argument, an input field, an enum value) is an error located where it is defined again, not
+/// a crash: async-graphql's schema builder panics on a repeated field, and a hot reload goes
+/// through the same check. An error in an extension (a field's, the type's directive's) is
+/// located in the extension's file.
+#[test]
+fn check_reports_names_defined_twice() {
+    let first = r#"type Query {
+  a: String @http(service: "svc")
+  a: Int @http(service: "svc")
+  b(x: Int, x: String): String @http(service: "svc")
+}
+input Filter {
+  name: String
+  name: Int
+}
+enum Color { RED RED }
+"#;
+    let second = r#"extend type Query @http(service: "svc") {
+  a: String @http(service: "svc")
+  c: String @http(service: "nope")
+}
+"#;
+    let (_dir, config) = config_with_schema(&[("a.graphql", first), ("b.graphql", second)]);
+    let (code, stdout, stderr) = check(&config);
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
+    for (at, says) in [
+        ("a.graphql:3:3:", "field Query.a is defined twice"),
+        ("a.graphql:4:13:", "argument `x` of Query.b is defined twice"),
+        ("a.graphql:8:3:", "input field Filter.name is defined twice"),
+        ("a.graphql:10:18:", "enum value Color.RED is defined twice"),
+        ("b.graphql:1:19:", "@http is not allowed on type Query"),
+        ("b.graphql:2:3:", "field Query.a is defined twice"),
+        ("b.graphql:3:28:", "nope"),
+    ] {
+        let line = stderr.lines().find(|l| l.contains(&format!("{at} error:")));
+        assert!(
+            line.is_some_and(|l| l.contains(says)),
+            "no {at} error: ... {says}:\n{stderr}"
+        );
+    }
+}
+
 /// `x-gateway-calls: 1` with `expose_calls = true`: `extensions.calls` is the fan-out timeline
 /// (each call's field path, service, start and duration, cache use); without either, nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

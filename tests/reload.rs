@@ -390,9 +390,10 @@ const SDL: &str = r#"type Query {
 type Item { id: ID }
 "#;
 
-/// Invalid TOML, an unknown service, a broken schema file, a half-written file and a deleted
-/// file, one after the other, picked up by the watcher: each leaves the active config serving and
-/// shows as a failed reload with its location; the fix after each is applied.
+/// Invalid TOML, an unknown service, a broken schema file, a schema with a field defined twice
+/// (which async-graphql's builder would panic on), a half-written file and a deleted file, one
+/// after the other, picked up by the watcher: each leaves the active config serving and shows as
+/// a failed reload with its location; the fix after each is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_edit_changes_nothing_and_the_fix_recovers() {
     let backend = Backend::start(200).await;
@@ -428,6 +429,7 @@ async fn a_bad_edit_changes_nothing_and_the_fix_recovers() {
         "invalid TOML",
         "unknown service",
         "broken schema",
+        "field defined twice",
         "half-written file",
         "deleted file",
     ] {
@@ -454,6 +456,13 @@ async fn a_bad_edit_changes_nothing_and_the_fix_recovers() {
                 )
                 .unwrap();
                 expected_file = schema_file.display().to_string();
+            }
+            "field defined twice" => {
+                let text = SDL.replace("type Item { id: ID }", "type Item { id: ID\n  id: ID }");
+                std::fs::write(&schema_file, &text).unwrap();
+                expected_file = schema_file.display().to_string();
+                expected_line = Some(line_of(&text, "  id: ID }"));
+                mentions = "Item.id is defined twice";
             }
             "half-written file" => {
                 let whole = good(generation + 1);
@@ -501,7 +510,7 @@ async fn a_bad_edit_changes_nothing_and_the_fix_recovers() {
         assert_eq!(graphql(&live).await, 200, "{case}");
 
         // The fix is applied.
-        if case == "broken schema" {
+        if case == "broken schema" || case == "field defined twice" {
             std::fs::write(&schema_file, SDL).unwrap();
         }
         generation += 1;

@@ -151,6 +151,9 @@ pub fn build(
     let mut mutation_name = None;
     // Types by name (extensions merged into the first definition), with the file they are in.
     let mut types: BTreeMap<String, (String, TypeDefinition)> = BTreeMap::new();
+    // The file each field, input field and type directive is in: an `extend type` may be in
+    // another.
+    let mut origins = Origins::default();
     let mut order: Vec<String> = Vec::new();
     for (file, defs) in &files.docs {
         for def in defs {
@@ -187,15 +190,20 @@ pub fn build(
                         continue;
                     }
                     match types.get_mut(&name) {
-                        Some((_, existing)) if t.node.extend => merge(existing, &t.node, file, &mut errors),
+                        Some((_, existing)) if t.node.extend => {
+                            merge(existing, &t.node, file, &mut origins, &mut errors)
+                        }
                         Some(_) => errors.push(at_pos(
                             file,
                             t.node.name.pos,
                             format!("type {name} is defined twice (use `extend type` to add fields)"),
                         )),
                         None => {
+                            let mut def = without_members(&t.node);
+                            add_members(&mut def, &t.node, file, &mut origins, &mut errors);
+                            origins.add_directives(&name, t.node.directives.len(), file);
                             order.push(name.clone());
-                            types.insert(name, (file.clone(), t.node.clone()));
+                            types.insert(name, (file.clone(), def));
                         }
                     }
                 }
@@ -232,7 +240,8 @@ pub fn build(
     // `@auth` on a type applies to every field that returns it.
     let mut type_scopes: HashMap<&str, Vec<String>> = HashMap::new();
     for (name, (file, def)) in &types {
-        for d in &def.directives {
+        for (i, d) in def.directives.iter().enumerate() {
+            let file = origins.directive_file(name, i, file);
             match d.node.name.node.as_str() {
                 "auth" if matches!(def.kind, TypeKind::Object(_)) => match directives::auth(&d.node) {
                     Ok(scopes) => type_scopes.entry(name).or_default().extend(scopes),
@@ -285,6 +294,7 @@ pub fn build(
                         .collect(),
                 );
                 for field in &object.fields {
+                    let file = origins.file_of(name, &field.node.name.node, file);
                     let at = |pos: Pos, m: String| {
                         at_pos(file, pos, format!("{name}.{}: {m}", field.node.name.node))
                     };
@@ -313,6 +323,7 @@ pub fn build(
             TypeKind::InputObject(input) => {
                 let mut out = InputObject::new(name.as_str());
                 for field in &input.fields {
+                    let file = origins.file_of(name, &field.node.name.node, file);
                     out = out.field(input_value(&field.node, &kind_of, &mut errors, file));
                 }
                 builder_types.push(out.into());
@@ -575,17 +586,134 @@ fn shape(ty: &Type, kind_of: &impl Fn(&str) -> Option<Kind>) -> Result<Shape, St
 }
 
 /// Adds an `extend type`'s fields (or enum values, input fields) to the type it extends.
-fn merge(into: &mut TypeDefinition, ext: &TypeDefinition, file: &str, errors: &mut Vec<ConfigError>) {
+fn merge(
+    into: &mut TypeDefinition,
+    ext: &TypeDefinition,
+    file: &str,
+    origins: &mut Origins,
+    errors: &mut Vec<ConfigError>,
+) {
     into.directives.extend(ext.directives.iter().cloned());
-    match (&mut into.kind, &ext.kind) {
-        (TypeKind::Object(a), TypeKind::Object(b)) => a.fields.extend(b.fields.iter().cloned()),
-        (TypeKind::InputObject(a), TypeKind::InputObject(b)) => a.fields.extend(b.fields.iter().cloned()),
-        (TypeKind::Enum(a), TypeKind::Enum(b)) => a.values.extend(b.values.iter().cloned()),
+    origins.add_directives(ext.name.node.as_str(), ext.directives.len(), file);
+    match (&into.kind, &ext.kind) {
+        (TypeKind::Object(_), TypeKind::Object(_))
+        | (TypeKind::InputObject(_), TypeKind::InputObject(_))
+        | (TypeKind::Enum(_), TypeKind::Enum(_)) => add_members(into, ext, file, origins, errors),
         _ => errors.push(at_pos(
             file,
             ext.name.pos,
             format!("`extend` of {} does not match its kind", ext.name.node),
         )),
+    }
+}
+
+/// The file each part of a type is defined in, for types extended in other files.
+#[derive(Default)]
+struct Origins {
+    /// (type, field or input field) → file.
+    members: HashMap<(String, String), String>,
+    /// type → the file of each of its directives, in order.
+    directives: HashMap<String, Vec<String>>,
+}
+
+impl Origins {
+    fn file_of<'a>(&'a self, type_name: &str, member: &str, or: &'a str) -> &'a str {
+        self.members
+            .get(&(type_name.to_owned(), member.to_owned()))
+            .map_or(or, String::as_str)
+    }
+
+    fn add_directives(&mut self, type_name: &str, count: usize, file: &str) {
+        let files = self.directives.entry(type_name.to_owned()).or_default();
+        files.extend(std::iter::repeat_n(file.to_owned(), count));
+    }
+
+    fn directive_file<'a>(&'a self, type_name: &str, index: usize, or: &'a str) -> &'a str {
+        self.directives
+            .get(type_name)
+            .and_then(|files| files.get(index))
+            .map_or(or, String::as_str)
+    }
+}
+
+/// A type's definition with no fields, input fields or enum values yet.
+fn without_members(def: &TypeDefinition) -> TypeDefinition {
+    let mut def = def.clone();
+    match &mut def.kind {
+        TypeKind::Object(o) => o.fields.clear(),
+        TypeKind::InputObject(i) => i.fields.clear(),
+        TypeKind::Enum(e) => e.values.clear(),
+        _ => {}
+    }
+    def
+}
+
+/// Adds `from`'s fields (input fields, enum values) to `into`, each name once. A name defined
+/// again, in the same definition or in an `extend`, and an argument named twice in one field,
+/// are reported where they are defined again and left out: GraphQL allows neither, and
+/// async-graphql's schema builder would panic on a repeated field.
+fn add_members(
+    into: &mut TypeDefinition,
+    from: &TypeDefinition,
+    file: &str,
+    origins: &mut Origins,
+    errors: &mut Vec<ConfigError>,
+) {
+    let type_name = from.name.node.as_str();
+    let mut twice = |pos: Pos, what: String| {
+        errors.push(at_pos(file, pos, format!("{what} is defined twice")));
+    };
+    let mut origin = |member: &str| {
+        origins
+            .members
+            .insert((type_name.to_owned(), member.to_owned()), file.to_owned());
+    };
+    match (&mut into.kind, &from.kind) {
+        (TypeKind::Object(into), TypeKind::Object(from)) => {
+            for field in &from.fields {
+                let name = &field.node.name;
+                if into.fields.iter().any(|f| f.node.name.node == name.node) {
+                    twice(name.pos, format!("field {type_name}.{}", name.node));
+                    continue;
+                }
+                let mut field = field.clone();
+                let mut seen = HashSet::new();
+                field.node.arguments.retain(|arg| {
+                    let arg = &arg.node.name;
+                    seen.insert(arg.node.clone()) || {
+                        twice(
+                            arg.pos,
+                            format!("argument `{}` of {type_name}.{}", arg.node, name.node),
+                        );
+                        false
+                    }
+                });
+                origin(&name.node);
+                into.fields.push(field);
+            }
+        }
+        (TypeKind::InputObject(into), TypeKind::InputObject(from)) => {
+            for field in &from.fields {
+                let name = &field.node.name;
+                if into.fields.iter().any(|f| f.node.name.node == name.node) {
+                    twice(name.pos, format!("input field {type_name}.{}", name.node));
+                    continue;
+                }
+                origin(&name.node);
+                into.fields.push(field.clone());
+            }
+        }
+        (TypeKind::Enum(into), TypeKind::Enum(from)) => {
+            for value in &from.values {
+                let name = &value.node.value;
+                if into.values.iter().any(|v| v.node.value.node == name.node) {
+                    twice(name.pos, format!("enum value {type_name}.{}", name.node));
+                    continue;
+                }
+                into.values.push(value.clone());
+            }
+        }
+        _ => {}
     }
 }
 
