@@ -1,7 +1,7 @@
 //! The command line end to end (SPEC.md "Command line"): the real `gateway-cli` binary as a child
 //! process. `check` reports every config error at once with `file:line:column`, `run` refuses an
 //! invalid config and drains in-flight requests on SIGTERM, `demo` serves the bundled backends,
-//! and big bodies stream through the binary in flat memory.
+//! big bodies stream through the binary in flat memory, and mutated requests never crash it.
 
 mod common;
 
@@ -514,4 +514,148 @@ auth = "none"
         LIMIT >> 20
     );
     proc.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// hostile bytes
+// ---------------------------------------------------------------------------------------------
+
+/// xorshift64*: a fixed sequence, so a failure replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Valid requests to start from; header lines that change their framing or meaning, put in
+/// as the second line; and pieces to splice in anywhere: separators, path tricks, bytes that are
+/// not text.
+const SEED_REQUESTS: [&[u8]; 7] = [
+    b"GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world",
+    b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: x\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"PUT /up HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-a\r\nx-a: 1\r\n\r\nGET /y HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /%2e%2e/a//b/./c HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4, ::1\r\n\r\n",
+];
+const HEADER_LINES: [&[u8]; 12] = [
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 0\r\n",
+    b"Content-Length: +3\r\n",
+    b"Content-Length: 99999999999999999999\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Connection: close\r\n",
+    b"Connection: x-b, upgrade\r\n",
+    b"Upgrade: h2c\r\n",
+    b"Host: other\r\n",
+    b"x-request-id: \xff\x01\r\n",
+];
+const SPLICES: [&[u8]; 15] = [
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b":",
+    b" ",
+    b"\t",
+    b"\0",
+    b"\xff",
+    b"%",
+    b"%2F",
+    b"..",
+    b"/",
+    b"ffffffffffffffffff\r\n",
+    b"0\r\n\r\n",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+];
+
+fn mutate(rng: &mut Rng) -> Vec<u8> {
+    let mut bytes = SEED_REQUESTS[rng.below(SEED_REQUESTS.len())].to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let at = rng.below(bytes.len() + 1);
+        match rng.below(5) {
+            0 | 1 => {
+                let line = HEADER_LINES[rng.below(HEADER_LINES.len())];
+                let second = bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+                bytes.splice(second..second, line.iter().copied());
+            }
+            2 => {
+                let piece = SPLICES[rng.below(SPLICES.len())];
+                bytes.splice(at..at, piece.iter().copied());
+            }
+            3 => {
+                let end = (at + 1 + rng.below(20)).min(bytes.len());
+                bytes.drain(at..end);
+            }
+            _ => {
+                let from = rng.below(bytes.len() + 1);
+                let to = (from + rng.below(60)).min(bytes.len());
+                let copy = bytes[from..to].to_vec();
+                bytes.splice(at..at, copy);
+            }
+        }
+    }
+    bytes
+}
+
+/// 600 requests mutated from valid ones (spliced framing headers, separators, cut and repeated
+/// pieces), each on its own connection: the binary answers or closes every one, never panics
+/// (a panic in the release build aborts the process), and still serves a plain request after.
+#[tokio::test(flavor = "multi_thread")]
+async fn mutated_requests_never_crash_the_binary() {
+    let backend =
+        common::serve(Router::new().fallback(|body: Bytes| async move { format!("{} bytes", body.len()) }))
+            .await;
+    let config = TempConfig::new(&config_for(
+        &backend,
+        "header_read_timeout = \"1s\"\nmax_body_size = \"64KiB\"",
+    ));
+    let addr = free_addr();
+    let mut proc = run(&config, addr);
+    proc.wait_ready(addr).await;
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let requests: Vec<Vec<u8>> = (0..600).map(|_| mutate(&mut rng)).collect();
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for bytes in requests {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _permit = permit;
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.write_all(&bytes).await?;
+            stream.shutdown().await?;
+            let mut answer = Vec::new();
+            // The server answers and closes; the header timeout (1 s) bounds a head it waits on.
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+                .await
+                .map_err(|_| std::io::Error::other(format!("no end after 10 s: {bytes:?}")))??;
+            Ok::<_, std::io::Error>(())
+        }));
+    }
+    for task in tasks {
+        // Resets are fine (a smuggling attempt is cut off); a connection left hanging is not.
+        if let Err(e) = task.await.unwrap() {
+            assert!(e.kind() != std::io::ErrorKind::Other, "{e}\n{}", proc.stderr());
+        }
+    }
+
+    assert!(proc.running(), "the gateway exited:\n{}", proc.stderr());
+    let stderr = proc.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let response = client().get(format!("http://{addr}/after")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "0 bytes");
 }
