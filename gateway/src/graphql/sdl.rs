@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use sha2::Digest as _;
 
+use async_graphql::Name;
 use async_graphql::dynamic::{
     Enum, Field, InputObject, InputValue, Object, Scalar, Schema, SchemaBuilder, TypeRef,
 };
 use async_graphql::parser::types::{
-    BaseType, ConstDirective, DirectiveDefinition, FieldDefinition, InputValueDefinition, Type,
-    TypeDefinition, TypeKind, TypeSystemDefinition,
+    BaseType, ConstDirective, DirectiveDefinition, EnumValueDefinition, FieldDefinition,
+    InputValueDefinition, Type, TypeDefinition, TypeKind, TypeSystemDefinition,
 };
 use async_graphql::parser::{Pos, Positioned, parse_schema};
 
@@ -660,60 +661,87 @@ fn add_members(
     errors: &mut Vec<ConfigError>,
 ) {
     let type_name = from.name.node.as_str();
-    let mut twice = |pos: Pos, what: String| {
-        errors.push(at_pos(file, pos, format!("{what} is defined twice")));
-    };
-    let mut origin = |member: &str| {
-        origins
-            .members
-            .insert((type_name.to_owned(), member.to_owned()), file.to_owned());
+    let mut origin = |member: &Positioned<Name>| {
+        let key = (type_name.to_owned(), member.node.to_string());
+        origins.members.insert(key, file.to_owned());
     };
     match (&mut into.kind, &from.kind) {
         (TypeKind::Object(into), TypeKind::Object(from)) => {
-            for field in &from.fields {
-                let name = &field.node.name;
-                if into.fields.iter().any(|f| f.node.name.node == name.node) {
-                    twice(name.pos, format!("field {type_name}.{}", name.node));
-                    continue;
-                }
-                let mut field = field.clone();
-                let mut seen = HashSet::new();
-                field.node.arguments.retain(|arg| {
-                    let arg = &arg.node.name;
-                    seen.insert(arg.node.clone()) || {
-                        twice(
-                            arg.pos,
-                            format!("argument `{}` of {type_name}.{}", arg.node, name.node),
-                        );
-                        false
-                    }
-                });
-                origin(&name.node);
-                into.fields.push(field);
-            }
+            let described = |n: &Name| format!("field {type_name}.{n}");
+            let added = |field: &mut FieldDefinition, errors: &mut Vec<ConfigError>| {
+                let of = field.name.node.clone();
+                let described = |n: &Name| format!("argument `{n}` of {type_name}.{of}");
+                let mut arguments = Vec::new();
+                append_unique(
+                    &mut arguments,
+                    &field.arguments,
+                    described,
+                    file,
+                    errors,
+                    |_, _| {},
+                );
+                field.arguments = arguments;
+                origin(&field.name);
+            };
+            append_unique(&mut into.fields, &from.fields, described, file, errors, added);
         }
         (TypeKind::InputObject(into), TypeKind::InputObject(from)) => {
-            for field in &from.fields {
-                let name = &field.node.name;
-                if into.fields.iter().any(|f| f.node.name.node == name.node) {
-                    twice(name.pos, format!("input field {type_name}.{}", name.node));
-                    continue;
-                }
-                origin(&name.node);
-                into.fields.push(field.clone());
-            }
+            let described = |n: &Name| format!("input field {type_name}.{n}");
+            let added = |field: &mut InputValueDefinition, _: &mut Vec<ConfigError>| origin(&field.name);
+            append_unique(&mut into.fields, &from.fields, described, file, errors, added);
         }
         (TypeKind::Enum(into), TypeKind::Enum(from)) => {
-            for value in &from.values {
-                let name = &value.node.value;
-                if into.values.iter().any(|v| v.node.value.node == name.node) {
-                    twice(name.pos, format!("enum value {type_name}.{}", name.node));
-                    continue;
-                }
-                into.values.push(value.clone());
-            }
+            let described = |n: &Name| format!("enum value {type_name}.{n}");
+            append_unique(&mut into.values, &from.values, described, file, errors, |_, _| {});
         }
         _ => {}
+    }
+}
+
+/// A member of a type definition: a field, an input value (input field, argument), an enum value.
+trait Member: Clone {
+    fn name(&self) -> &Positioned<Name>;
+}
+
+impl Member for FieldDefinition {
+    fn name(&self) -> &Positioned<Name> {
+        &self.name
+    }
+}
+
+impl Member for InputValueDefinition {
+    fn name(&self) -> &Positioned<Name> {
+        &self.name
+    }
+}
+
+impl Member for EnumValueDefinition {
+    fn name(&self) -> &Positioned<Name> {
+        &self.value
+    }
+}
+
+/// Appends each of `from`'s members whose name `into` does not have yet, after `added` (which
+/// may report problems of its own); one it has already is reported as `{described(name)} is
+/// defined twice` where it is defined again, and left out.
+fn append_unique<T: Member>(
+    into: &mut Vec<Positioned<T>>,
+    from: &[Positioned<T>],
+    described: impl Fn(&Name) -> String,
+    file: &str,
+    errors: &mut Vec<ConfigError>,
+    mut added: impl FnMut(&mut T, &mut Vec<ConfigError>),
+) {
+    for member in from {
+        let name = member.node.name();
+        if into.iter().any(|m| m.node.name().node == name.node) {
+            let message = format!("{} is defined twice", described(&name.node));
+            errors.push(at_pos(file, name.pos, message));
+            continue;
+        }
+        let mut member = member.clone();
+        added(&mut member.node, errors);
+        into.push(member);
     }
 }
 
