@@ -17,7 +17,7 @@ use bytes::Bytes;
 use common::process::{
     BIN, Proc, START_DEADLINE, TempConfig, check_command, free_addr, run_command, run_to_end,
 };
-use common::{USERS, client, demo, demo_token, error_body};
+use common::{Rng, USERS, client, demo, demo_token, error_body};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
@@ -519,22 +519,6 @@ auth = "none"
 // ---------------------------------------------------------------------------------------------
 // hostile bytes
 // ---------------------------------------------------------------------------------------------
-
-/// xorshift64*: a fixed sequence, so a failure replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Valid requests to start from; header lines that change their framing or meaning, put in
 /// as the second line; and pieces to splice in anywhere: separators, path tricks, bytes that are

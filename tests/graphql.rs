@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::graphql::{Backend, Seen, graphql_table, json_reply, post, post_with, read, schema_dir};
 use common::process::{check_command, run_to_end};
-use common::{client, dead_url, error_body, eventually, gateway, hs256_token, send_in_time, unix_now};
+use common::{Rng, client, dead_url, error_body, eventually, gateway, hs256_token, send_in_time, unix_now};
 use gateway::RunningServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -1603,6 +1603,165 @@ enum Color { RED RED }
             "no {at} error: ... {says}:\n{stderr}"
         );
     }
+}
+
+/// Operations to start from; selections to put in after a `{` (most keep the document valid and
+/// reach the resolvers); and pieces to splice in anywhere: braces, spreads, fragments,
+/// variables, directives, odd literals.
+const SEED_OPERATIONS: [&str; 5] = [
+    r#"{ user { id name orders { id items { quantity product { id name price } } } } products { id name } }"#,
+    r#"query Q($id: ID!, $b: Boolean!) { product(id: $id) @include(if: $b) { id ...P } } fragment P on Product { name price }"#,
+    r#"{ a: products { id } b: products { name } user { orders { items { product { price } } } } __typename }"#,
+    r#"{ __schema { types { name fields { name args { name } } } } }"#,
+    r#"query { user { ... on User { id name @skip(if: false) } } }"#,
+];
+const SELECTIONS: [&str; 10] = [
+    "__typename ",
+    "id ",
+    "name ",
+    "a: products { id } ",
+    "user { orders { id } } ",
+    "products @skip(if: true) { id } ",
+    "product(id: \"p2\") { price } ",
+    "... on Query { __typename } ",
+    "items { product { name } } ",
+    "x: user { y: name } ",
+];
+const PIECES: [&str; 16] = [
+    "{",
+    "}",
+    "(",
+    ")",
+    "...",
+    " on ",
+    "$id",
+    "@include(if: $b)",
+    ":",
+    "null",
+    "\"p1\"",
+    "-1",
+    "99999999999999999999",
+    "1e999",
+    "fragment F on Query { ...F }",
+    "\n#",
+];
+
+fn mutate_operation(rng: &mut Rng) -> String {
+    let mut text = SEED_OPERATIONS[rng.below(SEED_OPERATIONS.len())].to_owned();
+    for _ in 0..rng.below(4) {
+        let mut at = rng.below(text.len() + 1);
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        match rng.below(4) {
+            0 | 1 => {
+                let braces: Vec<usize> = text.match_indices('{').map(|(i, _)| i + 1).collect();
+                if !braces.is_empty() {
+                    let after = braces[rng.below(braces.len())];
+                    text.insert_str(after, &format!(" {}", SELECTIONS[rng.below(SELECTIONS.len())]));
+                }
+            }
+            2 => text.insert_str(at, PIECES[rng.below(PIECES.len())]),
+            _ => {
+                let mut end = (at + 1 + rng.below(12)).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.replace_range(at..end, "");
+            }
+        }
+    }
+    text
+}
+
+/// 400 operations mutated from valid ones (a fixed seed), alone, with variables or in batches,
+/// against a schema with nested fan-out, batching, `@from` and a fallback: every one is answered
+/// (200 with data or errors, or a 4xx), none breaks the connection (a panic in the handler
+/// would) or answers 5xx, and a valid query still gets its data after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_operations_are_answered_never_crash() {
+    let users = Backend::start(|_| async { json_reply(200, &json!({"id": "u1", "name": "Ada"})) }).await;
+    let orders = Backend::start(|_| async {
+        json_reply(200, &json!([{"id": "o1", "items": [{"productId": "p1", "quantity": 2}, {"productId": "p2", "quantity": 1}]}]))
+    })
+    .await;
+    let catalog = Backend::start(|_| async {
+        json_reply(200, &json!([{"id": "p1", "name": "A", "priceCents": 100}, {"id": "p2", "name": "B", "priceCents": 250}]))
+    })
+    .await;
+    let sdl = r#"
+type Query {
+  user: User @http(service: "users", path: "/u1")
+  products: [Product!]! @http(service: "catalog", cache: "30s", fallback: "[]")
+  product(id: ID!): Product @http(service: "catalog", path: "/{args.id}")
+}
+type User {
+  id: ID!
+  name: String!
+  orders: [Order!]! @http(service: "orders", query: {userId: "{parent.id}"})
+}
+type Order { id: ID! items: [Item!]! }
+type Item {
+  productId: ID!
+  quantity: Int!
+  product: Product @http(service: "catalog", query: {ids: "{parent.productId}"}, batch: {key: "id"})
+}
+type Product { id: ID! name: String! price: Int! @from(key: "priceCents") }
+"#;
+    let services = [
+        ("users", users.url.as_str()),
+        ("orders", orders.url.as_str()),
+        ("catalog", catalog.url.as_str()),
+    ];
+    let gw = start(
+        sdl,
+        &services,
+        "batching = true\nmax_batch = 4\nintrospection = true",
+        "",
+    )
+    .await;
+
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let variables = [
+        json!(null),
+        json!({"id": "p1", "b": true}),
+        json!({"id": "p2", "b": true}),
+        json!({"id": ["x"]}),
+        json!("x"),
+        json!({"b": 1}),
+    ];
+    let one = |rng: &mut Rng| {
+        let query = mutate_operation(rng);
+        json!({"query": query, "variables": variables[rng.below(variables.len())]})
+    };
+    let bodies: Vec<Value> = (0..400)
+        .map(|_| match rng.below(6) {
+            0 => Value::Array((0..1 + rng.below(5)).map(|_| one(&mut rng)).collect()),
+            _ => one(&mut rng),
+        })
+        .collect();
+    let client = client();
+    let url = gw.url();
+    for chunk in bodies.chunks(8) {
+        let answers = chunk.iter().map(|body| post_with(&client, &url, body, &[]));
+        for ((status, _, answer), body) in futures_util::future::join_all(answers)
+            .await
+            .into_iter()
+            .zip(chunk)
+        {
+            assert!(
+                status.is_success() || status.is_client_error(),
+                "{status} {answer} for {body}"
+            );
+        }
+    }
+
+    let (status, _, body) = post(&client, &url, SEED_OPERATIONS[0], Value::Null).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["user"]["orders"][0]["items"][1]["product"]["price"], 250,
+        "{body}"
+    );
 }
 
 /// `x-gateway-calls: 1` with `expose_calls = true`: `extensions.calls` is the fan-out timeline

@@ -211,3 +211,19 @@ pub fn demo_token(scope: &str) -> String {
     });
     hs256_token("demo-only-secret-change-me-0123456789", "demo", &claims)
 }
+
+/// xorshift64*: a fixed sequence, so a failure replays exactly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
