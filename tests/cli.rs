@@ -594,8 +594,9 @@ fn mutate(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// 600 requests mutated from valid ones (spliced framing headers, separators, cut and repeated
-/// pieces), each on its own connection: the binary answers or closes every one, never panics
-/// (a panic in the release build aborts the process), and still serves a plain request after.
+/// pieces), each on its own connection: the binary answers or closes every one and never panics
+/// (this debug binary would log it and go on; a release build aborts), many get through to the
+/// backend and back, and a plain request is still served after.
 #[tokio::test(flavor = "multi_thread")]
 async fn mutated_requests_never_crash_the_binary() {
     let backend =
@@ -611,7 +612,7 @@ async fn mutated_requests_never_crash_the_binary() {
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let requests: Vec<Vec<u8>> = (0..600).map(|_| mutate(&mut rng)).collect();
-    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let limit = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = Vec::new();
     for bytes in requests {
         let permit = limit.clone().acquire_owned().await.unwrap();
@@ -620,21 +621,30 @@ async fn mutated_requests_never_crash_the_binary() {
             let _permit = permit;
             let mut stream = tokio::net::TcpStream::connect(addr).await?;
             stream.write_all(&bytes).await?;
+            // Wait for the answer to start before closing our side: a client that leaves before
+            // its answer has its request cancelled. A request still waiting for bytes gets
+            // them cut off after a second instead.
+            let mut answer = vec![0; 4096];
+            let first = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut answer)).await;
+            answer.truncate(first.map_or(Ok(0), |read| read)?);
             stream.shutdown().await?;
-            let mut answer = Vec::new();
-            // The server answers and closes; the header timeout (1 s) bounds a head it waits on.
             tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
                 .await
                 .map_err(|_| std::io::Error::other(format!("no end after 10 s: {bytes:?}")))??;
-            Ok::<_, std::io::Error>(())
+            Ok::<_, std::io::Error>(answer.starts_with(b"HTTP/1.1 2"))
         }));
     }
+    let mut served = 0;
     for task in tasks {
         // Resets are fine (a smuggling attempt is cut off); a connection left hanging is not.
-        if let Err(e) = task.await.unwrap() {
-            assert!(e.kind() != std::io::ErrorKind::Other, "{e}\n{}", proc.stderr());
+        match task.await.unwrap() {
+            Ok(ok) => served += usize::from(ok),
+            Err(e) => assert!(e.kind() != std::io::ErrorKind::Other, "{e}\n{}", proc.stderr()),
         }
     }
+    // 100 of this seed's 600 are valid requests the backend answers; half of that leaves room
+    // for a slow machine, where an answer that takes over a second is cut off above.
+    assert!(served >= 50, "only {served} of 600 answered 2xx");
 
     assert!(proc.running(), "the gateway exited:\n{}", proc.stderr());
     let stderr = proc.stderr();

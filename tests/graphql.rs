@@ -1564,8 +1564,8 @@ fn check_reports_a_syntax_error_and_an_unknown_service_together() {
 /// A name defined twice (a field, in one definition or in an `extend type` in another file, an
 /// argument, an input field, an enum value) is an error located where it is defined again, not
 /// a crash: async-graphql's schema builder panics on a repeated field, and a hot reload goes
-/// through the same check. An error in an extension (a field's, the type's directive's) is
-/// located in the extension's file.
+/// through the same check. An error in an extension (a field's, an argument's, an input field's,
+/// the type's directive's) is located in the extension's file.
 #[test]
 fn check_reports_names_defined_twice() {
     let first = r#"type Query {
@@ -1582,7 +1582,9 @@ enum Color { RED RED }
     let second = r#"extend type Query @http(service: "svc") {
   a: String @http(service: "svc")
   c: String @http(service: "nope")
+  d(y: Nope): String @http(service: "svc")
 }
+extend input Filter { z: Nope }
 "#;
     let (_dir, config) = config_with_schema(&[("a.graphql", first), ("b.graphql", second)]);
     let (code, stdout, stderr) = check(&config);
@@ -1596,6 +1598,8 @@ enum Color { RED RED }
         ("b.graphql:1:19:", "@http is not allowed on type Query"),
         ("b.graphql:2:3:", "field Query.a is defined twice"),
         ("b.graphql:3:28:", "nope"),
+        ("b.graphql:4:8:", "unknown type Nope"),
+        ("b.graphql:6:26:", "unknown type Nope"),
     ] {
         let line = stderr.lines().find(|l| l.contains(&format!("{at} error:")));
         assert!(
@@ -1753,6 +1757,8 @@ type Product { id: ID! name: String! price: Int! @from(key: "priceCents") }
                 status.is_success() || status.is_client_error(),
                 "{status} {answer} for {body}"
             );
+            // A call's own task that panics is answered as a cancelled call, inside a 200.
+            assert!(!answer.to_string().contains("INTERNAL"), "{answer} for {body}");
         }
     }
 

@@ -459,7 +459,7 @@ async fn a_bad_edit_changes_nothing_and_the_fix_recovers() {
             }
             "field defined twice" => {
                 let text = SDL.replace("type Item { id: ID }", "type Item { id: ID\n  id: ID }");
-                std::fs::write(&schema_file, &text).unwrap();
+                replace_file(&schema_file, &text);
                 expected_file = schema_file.display().to_string();
                 expected_line = Some(line_of(&text, "  id: ID }"));
                 mentions = "Item.id is defined twice";
