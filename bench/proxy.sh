@@ -446,19 +446,18 @@ RESULTS=$tmp/results.tsv
 : >"$RESULTS"
 echo
 ROW='%-6s %-10s %12.0f %10.3f %7s %9s %9s\n'
+TSV='%s\t%s\t%s\t%s\t%s\t%s\t%s\n'
 printf '%-6s %-10s %12s %10s %7s %9s %9s\n' round target "req/s" "p99 ms" errors "cpu us/req" "load us"
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do
         run_wrk "$t" "$DURATION" "$tmp/round$r-$t.txt"
         printf "$ROW" "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US" "$WRK_LOAD_US"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US" \
-            "$WRK_LOAD_US" >>"$RESULTS"
+        printf "$TSV" "$r" "$t" "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" "$WRK_CPU_US" "$WRK_LOAD_US" >>"$RESULTS"
         if [[ $t == direct ]]; then
             # The CPU check, right after: `direct`'s work (wrk and a backend) on the proxy's CPU.
             run_wrk cpu-check "$CHECK_DURATION" "$tmp/round$r-check.txt"
             printf "$ROW" "$r" cpu-check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" - "$WRK_LOAD_US"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" 0 \
-                "$WRK_LOAD_US" >>"$RESULTS"
+            printf "$TSV" "$r" check "$WRK_RPS" "$WRK_P99_MS" "$WRK_ERRORS" 0 "$WRK_LOAD_US" >>"$RESULTS"
         fi
     done
 done
@@ -530,6 +529,10 @@ for t in targets:
 
 def verdict(ok):
     return "PASS" if ok else "FAIL"
+
+def spread(values):
+    """How far a reference's figures moved across rounds, as a share of their median."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 and min(values) else 0.0
 
 # How far a reference target's rate may move between rounds before the run counts as noisy.
 NOISY = 0.15
@@ -622,10 +625,9 @@ if open_rows:
         print("WARNING: some open-loop runs had non-2xx responses or errors")
     # direct does the same work every round: when its p99 moves, the host moved it.
     p99s = [float(r[4]) for r in open_rows if r[1] == "direct"]
-    spread = (max(p99s) - min(p99s)) / statistics.median(p99s) if len(p99s) > 1 and min(p99s) else 0.0
-    if spread > OPEN_NOISY:
+    if spread(p99s) > OPEN_NOISY:
         print(f"WARNING: a noisy host in the open loop: direct's p99 ranged {min(p99s):.3f}-{max(p99s):.3f} ms "
-              f"across rounds ({spread:.0%} of its median, over {OPEN_NOISY:.0%}); rerun on a quieter machine")
+              f"across rounds ({spread(p99s):.0%} of its median, over {OPEN_NOISY:.0%}); rerun on a quieter machine")
 elif "gateway" in med:
     print("p99 added over direct (open loop): NOT JUDGED (the phase did not run: LATENCY_RATE=0, or no usable oha)")
 if any(errors.values()):
@@ -646,9 +648,8 @@ if speeds:
 # The references do the same work every round: when their rates move, the host moved them.
 for t in ("direct", "nginx-bare"):
     rates = [float(r[2]) for r in rows if r[1] == t]
-    spread = (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 and min(rates) else 0.0
-    if spread > NOISY:
+    if spread(rates) > NOISY:
         print(f"WARNING: a noisy host: {t} ranged {min(rates):.0f}-{max(rates):.0f} req/s across rounds "
-              f"({spread:.0%} of its median, over {NOISY:.0%}); read the ratios with care and the "
+              f"({spread(rates):.0%} of its median, over {NOISY:.0%}); read the ratios with care and the "
               f"p99s not at all, or rerun on a quieter machine")
 EOF
