@@ -1653,10 +1653,7 @@ const PIECES: [&str; 16] = [
 fn mutate_operation(rng: &mut Rng) -> String {
     let mut text = SEED_OPERATIONS[rng.below(SEED_OPERATIONS.len())].to_owned();
     for _ in 0..rng.below(4) {
-        let mut at = rng.below(text.len() + 1);
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
+        let at = text.floor_char_boundary(rng.below(text.len() + 1));
         match rng.below(4) {
             0 | 1 => {
                 let braces: Vec<usize> = text.match_indices('{').map(|(i, _)| i + 1).collect();
@@ -1667,10 +1664,7 @@ fn mutate_operation(rng: &mut Rng) -> String {
             }
             2 => text.insert_str(at, PIECES[rng.below(PIECES.len())]),
             _ => {
-                let mut end = (at + 1 + rng.below(12)).min(text.len());
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
+                let end = text.floor_char_boundary(at + 1 + rng.below(12));
                 text.replace_range(at..end, "");
             }
         }
